@@ -1,0 +1,443 @@
+"""Run untrusted, model-written Python in an OS-level jail and judge it with verdicts it cannot forge.
+
+    import sandbox
+    v = sandbox.run_tests("def add(a, b):\\n    return a + b", "assert add(2, 3) == 5")
+    v.status          # "pass" | "fail" | "timeout"; also v.reason, v.stdout, v.stderr, v.duration_s
+    sandbox.run_program("print(int(input()) * 2)", "21\\n").stdout   # "42\\n", compared by the caller
+    sandbox.run_batch([{"code": c, "tests": t} for c, t in pairs])   # parallel over every core
+
+Pure standard library, Linux only, no service, no root needed (unprivileged user namespaces do).
+
+Threat model
+------------
+Covered (the program is assumed hostile, with full control of its own Python process):
+
+* Host file system: the program sees a new root holding read-only /usr, the Python installation
+  and a few /etc files; /tmp, /dev/shm, /home, /root, /run, /work, /proc of the host and every other
+  path are absent. Its working dir is a private tmpfs (size-capped) that vanishes with the run.
+* Network: a fresh network namespace per run with only a down loopback; nothing of the host, the
+  internet or other runs can be reached.
+* Environment: empty but for PATH, HOME, TMPDIR and LANG; no host variable (tokens, keys) leaks.
+* Identity: fresh user, mount, pid, net, ipc and uts namespaces per run; a non-root uid that maps
+  to an unprivileged host uid; no capabilities; no_new_privs.
+* Resources: rlimits on address space (``memory_mb``), CPU time, file size, open files and
+  processes (fork bombs stop at the limit); a wall-clock limit; stdout/stderr drained and capped
+  (a flood is cut off and fails); nothing the program leaves behind (daemons, setsid'd orphans,
+  threads) outlives the run: the whole jail pid namespace is SIGKILLed and reaped after each run.
+* Forged verdicts: ``pass`` needs a complete, in-order report from the harness *and*, for every
+  ``assert E == literal`` (also ``!=``, ``<``, ``is``, ``in``, truthiness, ``not``,
+  ``abs(E - x) < tol``, ``math.isclose``), the value of ``E`` shipped out as plain data and compared
+  here, in the trusted process. The expected values never enter the sandbox. So exit codes
+  (``sys.exit(0)``, ``os._exit(0)``, ``atexit``), ``SystemExit`` from the function, printed "passed"
+  lines, redefined ``AssertionError``, always-equal objects, ``int`` subclasses with a lying
+  ``__eq__``, monkeypatched builtins or modules, re-executing under ``python -O``, reading or
+  rewriting "the test file" (there is none) and frame inspection all fail.
+
+Not covered:
+
+* Kernel exploits and CPU side channels: the isolation is namespaces + rlimits (no seccomp filter,
+  no VM); a kernel bug reachable from an unprivileged user namespace breaks it.
+* Asserts that cannot be judged outside (both sides computed, e.g. ``assert f(x) == g(y)``) are
+  checked inside the sandbox by a hardened harness (plain-data comparisons, pristine builtins); a
+  program that reverse-engineers the harness in memory (ctypes, gc, tracing) could forge those.
+* Memory is bounded per process by RLIMIT_AS (no memory cgroup): a run may hold up to
+  ``memory_mb`` times its process limit, plus its tmpfs; CPU is not shared fairly between runs.
+* Reading what is deliberately visible: the Python installation and the public parts of /usr, /etc.
+* ``isolation="none"`` (explicit opt-out) keeps rlimits, the empty environment and the verdict
+  checks, but nothing else.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import json
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import _plan
+from sandbox._zygote import read_frame, write_frame
+
+__all__ = ["Verdict", "run_tests", "run_program", "run_batch", "configure", "SandboxUnavailable",
+           "SandboxError", "Pool"]
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+        "/etc/nsswitch.conf", "/etc/hosts", "/etc/alternatives", "/etc/mime.types", "/etc/os-release")
+_FIX = (
+    "Linux user namespaces are not available here ({why}). Fix one of: run on a host where "
+    "`unshare --user --map-root-user --pid --fork --net --mount true` works (sysctl "
+    "kernel.unprivileged_userns_clone=1 and user.max_user_namespaces>0; in Docker, "
+    "--security-opt seccomp=unconfined --security-opt apparmor=unconfined or --privileged); or, "
+    "accepting that model-written code then runs unisolated, opt out explicitly with "
+    "sandbox.configure(isolation='none') or RLVR_SANDBOX_ISOLATION=none."
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Isolation is not possible on this machine (and the user did not opt out)."""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the program)."""
+
+
+@dataclass
+class Verdict:
+    status: str  # "pass" | "fail" | "timeout"
+    reason: str
+    stdout: str = ""  # run_tests: the tail; run_program: the head, up to max_output_bytes
+    stderr: str = ""  # the tail
+    duration_s: float = 0.0  # wall time of the run, start of the fork to the end of the program
+    tests_passed: int = 0  # test statements (top-level statements with an assert) that passed
+    tests_total: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout_truncated: bool = False
+    sandbox_error: bool = False  # the sandbox failed, not the program: no verdict on the program
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+_config = {
+    "isolation": os.environ.get("RLVR_SANDBOX_ISOLATION", "namespaces"),  # or "none" (unsafe)
+    "workers": None,  # default: os.cpu_count()
+    "extra_ro_paths": [],  # more host paths to show read-only inside the jail
+}
+
+
+def configure(*, isolation: str | None = None, workers: int | None = None,
+              extra_ro_paths: list[str] | None = None) -> None:
+    """Change the default pool's settings (closes it; the next run starts a new one).
+
+    ``isolation="none"`` is the explicit opt-out for machines without user namespaces: programs then
+    run with rlimits and an empty environment only, NOT isolated from the host.
+    """
+    global _default
+    if isolation is not None:
+        if isolation not in ("namespaces", "none"):
+            raise ValueError("isolation must be 'namespaces' or 'none'")
+        _config["isolation"] = isolation
+    if workers is not None:
+        _config["workers"] = workers
+    if extra_ro_paths is not None:
+        _config["extra_ro_paths"] = list(extra_ro_paths)
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+            _default = None
+
+
+# ----------------------------------------------------------------------------- jails
+
+
+def _jail_config(isolate: bool, extra_ro_paths) -> dict:
+    binds, links = ["/usr"], {}
+    for p in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(p):
+            links[p] = os.readlink(p)
+        elif os.path.isdir(p):
+            binds.append(p)
+    exe_prefix = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
+    for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, exe_prefix, *extra_ro_paths):
+        p = os.path.realpath(p)
+        if os.path.exists(p) and not any(p == b or p.startswith(b + "/") for b in binds):
+            binds.append(p)
+    binds += [p for p in _ETC if os.path.exists(p)]
+    return {
+        "isolate": isolate,
+        "host_pid": os.getpid(),
+        "staging": "/tmp",
+        "ro_binds": binds,
+        "symlinks": links,
+        "jail_has_sandbox_uid": os.geteuid() == 0,
+        "hide_sys_path": [_ROOT],
+    }
+
+
+class _Jail:
+    """One zygote process (and its namespaces); runs one job at a time."""
+
+    def __init__(self, isolate: bool, extra_ro_paths):
+        cfg = _jail_config(isolate, extra_ro_paths)
+        boot = f"import sys; sys.path.insert(0, {_ROOT!r}); from sandbox import _zygote; _zygote.main()"
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", boot, json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env={}, cwd="/",
+            close_fds=True, start_new_session=True,
+        )
+        self.rfd, self.wfd = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        try:
+            msg = self._read(30.0)
+            if isolate:
+                if msg is None or "error" in msg:
+                    why = (msg or {}).get("error") or self._log_tail() or "the jail process exited"
+                    raise SandboxUnavailable(_FIX.format(why=why))
+                self._write_maps()
+                write_frame(self.wfd, {"mapped": True})
+                msg = self._read(30.0)
+            if msg is None or "error" in msg or not msg.get("ready"):
+                why = (msg or {}).get("error") or self._log_tail() or "the jail process exited"
+                raise SandboxUnavailable(_FIX.format(why=why) if isolate else f"sandbox worker failed: {why}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_maps(self) -> None:
+        pid = self.proc.pid
+        try:
+            if os.geteuid() == 0:  # jail root = host root; the programs' uid 1000 = host nobody
+                maps = ("0 0 1\n1000 65534 1\n", "0 0 1\n1000 65534 1\n")
+            else:
+                with open(f"/proc/{pid}/setgroups", "w") as f:
+                    f.write("deny")
+                maps = (f"0 {os.geteuid()} 1\n", f"0 {os.getegid()} 1\n")
+            with open(f"/proc/{pid}/uid_map", "w") as f:
+                f.write(maps[0])
+            with open(f"/proc/{pid}/gid_map", "w") as f:
+                f.write(maps[1])
+        except OSError as exc:
+            raise SandboxUnavailable(_FIX.format(why=f"writing the uid/gid maps failed: {exc}")) from exc
+
+    def _log_tail(self) -> str:
+        try:
+            self.log.seek(0)
+            return self.log.read()[-2000:].decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _read(self, timeout: float):
+        ready, _, _ = select.select([self.rfd], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            return read_frame(self.rfd)
+        except (OSError, ValueError):
+            return None
+
+    def run(self, job: dict) -> dict:
+        try:
+            write_frame(self.wfd, job)
+        except OSError as exc:
+            raise SandboxError(f"sandbox worker died: {exc}") from exc
+        reply = self._read(job["timeout_s"] + 30.0)
+        if reply is None:
+            raise SandboxError("sandbox worker did not answer: " + (self._log_tail() or "no message"))
+        return reply
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.kill()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self.log):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class Pool:
+    """``workers`` pre-warmed jails; ``run`` is thread-safe; ``map`` keeps every jail busy."""
+
+    def __init__(self, workers: int | None = None, *, isolation: str | None = None,
+                 extra_ro_paths: list[str] | None = None):
+        self.workers = workers or _config["workers"] or os.cpu_count() or 1
+        self.isolate = (isolation or _config["isolation"]) != "none"
+        self.extra = list(extra_ro_paths if extra_ro_paths is not None else _config["extra_ro_paths"])
+        self._slots: queue.LifoQueue = queue.LifoQueue()
+        self._all: list[_Jail] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(self.workers):
+            self._slots.put(None)  # started on first use
+
+    def _start(self) -> _Jail:
+        jail = _Jail(self.isolate, self.extra)
+        with self._lock:
+            self._all.append(jail)
+        return jail
+
+    def run(self, job: dict) -> dict:
+        if self._closed:
+            raise SandboxError("pool is closed")
+        jail = self._slots.get()
+        try:
+            if jail is None:
+                jail = self._start()
+            try:
+                return jail.run(job)
+            except SandboxError:
+                jail.close()
+                jail = None
+                raise
+        finally:
+            self._slots.put(jail)
+
+    def map(self, jobs: list, fn) -> list:
+        """``fn(job)`` for every job, ``workers`` at a time, in order."""
+        if len(jobs) <= 1:
+            return [fn(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as ex:
+            return list(ex.map(fn, jobs))
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            jails, self._all = self._all, []
+        for jail in jails:
+            jail.close()
+
+
+_default: Pool | None = None
+_default_lock = threading.Lock()
+
+
+def _pool() -> Pool:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Pool()
+        return _default
+
+
+@atexit.register
+def _shutdown() -> None:
+    if _default is not None:
+        _default.close()
+
+
+# ----------------------------------------------------------------------------- runs
+
+_TAIL = 4096
+
+
+def _limits(timeout_s: float, memory_mb: int, **extra) -> dict:
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError("timeout_s and memory_mb must be positive")
+    job = {"timeout_s": float(timeout_s), "memory_mb": int(memory_mb), "tail": _TAIL,
+           "output_limit": 8 << 20, "max_records": 32 << 20, "max_output": 1 << 20,
+           "fsize_mb": 64, "tmp_mb": 64, "nproc": 64}
+    job.update({k: v for k, v in extra.items() if v is not None})
+    return job
+
+
+def _base_verdict(reply: dict) -> Verdict:
+    exit_ = reply.get("exit") or {}
+    return Verdict(status="fail", reason="", stdout=reply.get("stdout", ""),
+                   stderr=reply.get("stderr", ""), duration_s=float(reply.get("duration", 0.0)),
+                   exit_code=exit_.get("code"), signal=exit_.get("signal"))
+
+
+def _judge_tests(plan: _plan.Plan, reply: dict) -> Verdict:
+    v = _base_verdict(reply)
+    v.tests_total = plan.n_tests
+    if not reply.get("ready"):
+        v.sandbox_error, v.reason = True, "sandbox set-up failed: " + v.stderr[-500:]
+        return v
+    ok, v.tests_passed, reason = _plan.judge(plan, reply.get("records", ""))
+    if reply.get("timed_out"):
+        v.status, v.reason = "timeout", "wall-clock limit reached"
+    elif reply.get("overflow"):
+        v.status, v.reason = "fail", f"{reply['overflow']} exceeded its size limit"
+    elif v.signal is not None and not ok:
+        v.status = "timeout" if v.signal == signal.SIGXCPU else "fail"
+        v.reason = f"killed by signal {v.signal} ({reason})"
+    elif ok and v.exit_code == 0:
+        v.status, v.reason = "pass", reason
+    else:
+        v.reason = reason if not ok else f"harness exited with {v.exit_code or v.signal}"
+    return v
+
+
+def _judge_program(reply: dict) -> Verdict:
+    v = _base_verdict(reply)
+    v.stdout_truncated = reply.get("stdout_total", 0) > len(v.stdout.encode("utf-8", "replace"))
+    if not reply.get("ready"):
+        v.sandbox_error, v.reason = True, "sandbox set-up failed: " + v.stderr[-500:]
+    elif reply.get("timed_out"):
+        v.status, v.reason = "timeout", "wall-clock limit reached"
+    elif reply.get("overflow"):
+        v.reason = f"{reply['overflow']} exceeded its size limit"
+    elif v.signal is not None:
+        v.status = "timeout" if v.signal == signal.SIGXCPU else "fail"
+        v.reason = f"killed by signal {v.signal}"
+    elif v.exit_code == 0:
+        v.status, v.reason = "pass", "exited normally"
+    else:
+        v.reason = f"exit status {v.exit_code}"
+    return v
+
+
+def _execute(request: dict, pool: Pool | None = None) -> Verdict:
+    pool = pool or _pool()
+    limits = _limits(request.get("timeout_s", 10.0), request.get("memory_mb", 2048),
+                     max_output=request.get("max_output_bytes"))
+    code = request["code"]
+    if not isinstance(code, str):
+        raise TypeError("code must be a str")
+    t0 = time.monotonic()
+    try:
+        if "tests" in request:
+            plan = _plan.build(request["tests"])
+            job = dict(limits, kind="tests", code=code, units=plan.units,
+                       trusted_names=plan.trusted_names, trusted_modules=plan.trusted_modules)
+            verdict = _judge_tests(plan, pool.run(job))
+        else:
+            stdin = request.get("stdin", "")
+            if isinstance(stdin, bytes):
+                stdin = stdin.decode("utf-8", "surrogateescape")
+            job = dict(limits, kind="program", code=code, stdin=stdin or "")
+            verdict = _judge_program(pool.run(job))
+    except SandboxError as exc:
+        verdict = Verdict(status="fail", reason=str(exc), sandbox_error=True)
+    verdict.duration_s = verdict.duration_s or time.monotonic() - t0
+    return verdict
+
+
+def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int = 2048) -> Verdict:
+    """Run ``code`` then the assert statements ``tests`` in one namespace, isolated.
+
+    ``status`` is "pass" only when every test statement ran to completion and every assert held;
+    "timeout" when ``timeout_s`` (wall clock) ran out; "fail" otherwise. Raises ``SyntaxError`` if
+    the *tests* do not parse, ``SandboxUnavailable`` if isolation is impossible here.
+    """
+    return _execute({"code": code, "tests": tests, "timeout_s": timeout_s, "memory_mb": memory_mb})
+
+
+def run_program(code: str, stdin: str | bytes = "", *, timeout_s: float = 10.0, memory_mb: int = 2048,
+                max_output_bytes: int = 1 << 20) -> Verdict:
+    """Run ``code`` as ``__main__`` with ``stdin``; compare ``.stdout`` yourself.
+
+    "pass" means it exited with status 0 within the limits (not that its output is right).
+    Output beyond ``max_output_bytes`` fails the run.
+    """
+    return _execute({"code": code, "stdin": stdin, "timeout_s": timeout_s, "memory_mb": memory_mb,
+                     "max_output_bytes": max_output_bytes})
+
+
+def run_batch(requests: list[dict], *, pool: Pool | None = None) -> list[Verdict]:
+    """Many runs, all cores busy. Each request: ``{"code", "tests"}`` or ``{"code", "stdin"}``,
+    optionally ``timeout_s``, ``memory_mb``, ``max_output_bytes``. Verdicts come back in order."""
+    pool = pool or _pool()
+    return pool.map(list(requests), lambda r: _execute(r, pool))

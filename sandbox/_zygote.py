@@ -1,0 +1,454 @@
+"""The jail process: isolates itself once, then forks one isolated child per run (a zygote).
+
+Process tree of one jail (``J`` = the jail's namespaces, ``R`` = one run's namespaces)::
+
+    host (trusted) --pipes-- boot (host namespaces) -- zygote (pid 1 of J) -- C (per run, in J)
+                                                                               |-- G  pid 1 of R: reaper only
+                                                                               `-- H  pid 2 of R: runs the program
+
+* boot: ``unshare(user, mount, pid, net, ipc, uts)``; the host writes its uid/gid maps.
+* zygote: pid 1 of J; builds a new root on a tmpfs (read-only binds of /usr, the interpreter and
+  a few /etc files; fresh /dev, /proc, /tmp), ``pivot_root``s into it, pre-imports, then serves
+  runs one at a time. After each run it SIGKILLs every other process in J and reaps them, so no
+  process outlives a run; the run's mount namespace, and the tmpfs working dir in it, die with it.
+* C: drops to the sandbox uid, ``unshare``s a fresh user/mount/pid/net/ipc/uts namespace set for
+  the run, forks G (init of R) and H, waits for H and reports its exit status.
+* H: mounts /proc and tmpfs /tmp, /dev/shm, drops every capability (no_new_privs), sets rlimits,
+  clears the environment, and runs ``_harness`` with the program. Its parent C is outside R, so
+  ``os.getppid()`` is 0 there and a signal to "the parent" hits only its own process group.
+
+Host <-> zygote messages are length-prefixed JSON frames on the boot process's stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+
+from sandbox import _harness, _linux
+
+SANDBOX_UID = 1000  # uid of the program inside its user namespace (never 0)
+PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+           "typing", "random", "statistics", "fractions", "decimal", "copy", "operator", "datetime",
+           "hashlib", "json", "cmath", "array", "numbers", "dataclasses", "enum", "textwrap",
+           "unicodedata", "concurrent.futures", "threading", "queue", "struct", "traceback", "io")
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def write_frame(fd: int, obj) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    body = _read_exact(fd, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+# ----------------------------------------------------------------------------- jail set-up
+
+
+def _mkdirs(path: str, mode: int = 0o755) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def _setup_root(cfg: dict) -> None:
+    """New root on a tmpfs with only what a Python program needs; the host's / goes away."""
+    L = _linux
+    L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
+    new = cfg["staging"]
+    L.mount("tmpfs", new, "tmpfs", L.MS_NOSUID | L.MS_NODEV, "size=4m,mode=0755")
+    for path in cfg["ro_binds"]:
+        target = new + path
+        if os.path.isdir(path):
+            _mkdirs(target)
+        else:
+            _mkdirs(os.path.dirname(target))
+            open(target, "a").close()
+        L.bind(path, target, readonly=True)
+    for link, dest in cfg["symlinks"].items():
+        _mkdirs(os.path.dirname(new + link))
+        os.symlink(dest, new + link)
+    _mkdirs(new + "/etc")
+    with open(new + "/etc/passwd", "w") as f:
+        f.write(f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/tmp:/bin/sh\n"
+                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+    with open(new + "/etc/group", "w") as f:
+        f.write(f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n")
+    with open(new + "/etc/hostname", "w") as f:
+        f.write("sandbox\n")
+    # /dev: a few device nodes bound from the host, nothing else.
+    _mkdirs(new + "/dev")
+    L.mount("tmpfs", new + "/dev", "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "size=64k,mode=0755")
+    for node in ("null", "zero", "full", "random", "urandom"):
+        open(new + "/dev/" + node, "a").close()
+        L.bind("/dev/" + node, new + "/dev/" + node, readonly=False)
+    for name, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(dest, new + "/dev/" + name)
+    _mkdirs(new + "/dev/shm", 0o1777)
+    _mkdirs(new + "/proc")
+    L.mount("proc", new + "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+    _mkdirs(new + "/tmp", 0o1777)
+    os.chmod(new + "/tmp", 0o1777)
+    os.chmod(new + "/dev/shm", 0o1777)
+    _mkdirs(new + "/.old")
+    os.chdir(new)
+    L.pivot_root(".", ".old")
+    L.umount2("/.old", L.MNT_DETACH)
+    os.rmdir("/.old")
+    os.chdir("/")
+    ro = L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | L.MS_NOSUID
+    L.mount(None, "/", None, ro | L.MS_NODEV)
+    L.mount(None, "/dev", None, ro | L.MS_NOEXEC)
+    L.sethostname("sandbox")
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    rfd, wfd = 0, 1
+    _linux.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != cfg["host_pid"]:
+        os._exit(1)
+    if cfg["isolate"]:
+        try:
+            _linux.unshare(_linux.ALL_NAMESPACES)
+        except OSError as exc:
+            write_frame(wfd, {"error": f"unshare failed: {exc}", "stage": "unshare"})
+            os._exit(1)
+        write_frame(wfd, {"unshared": True})
+        msg = read_frame(rfd)
+        if not msg or not msg.get("mapped"):
+            os._exit(1)
+        pid = os.fork()
+        if pid:  # boot: stays in the host's pid namespace as the jail's anchor
+            os.waitpid(pid, 0)
+            os._exit(0)
+        _linux.set_parent_death_signal(signal.SIGKILL)
+        try:
+            _setup_root(cfg)
+        except OSError as exc:
+            write_frame(wfd, {"error": f"building the jail's file system failed: {exc}", "stage": "mount"})
+            os._exit(1)
+    else:
+        _linux.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans come back to us, to be killed
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    _harness.prepare()
+    write_frame(wfd, {"ready": True, "pid": os.getpid(), "uid": os.getuid()})
+    while True:
+        job = read_frame(rfd)
+        if job is None:
+            os._exit(0)
+        write_frame(wfd, _run(job, cfg))
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _kill_everything(cfg: dict, roots: list[int]) -> None:
+    """SIGKILL every process of the run and reap them all."""
+    if cfg["isolate"]:
+        try:
+            os.kill(-1, signal.SIGKILL)  # pid 1 of J: everything in J but us
+        except ProcessLookupError:
+            pass
+    else:
+        for _ in range(50):
+            kids = _children_of(os.getpid())
+            for pid in set(kids) | set(roots):
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            roots = []
+            _reap(block=False)
+            if not kids:
+                break
+            time.sleep(0.002)
+    _reap(block=True)
+
+
+def _children_of(ppid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2:].split()[1]) == ppid:
+                    kids.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return kids
+
+
+def _reap(block: bool) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class _Capture:
+    """Drains one pipe; keeps the head or the tail up to ``keep`` bytes; counts the rest."""
+
+    def __init__(self, fd: int, keep: int, tail: bool):
+        self.fd, self.keep, self.tail = fd, keep, tail
+        self.chunks, self.kept, self.total = [], 0, 0
+
+    def read(self) -> bool:
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        self.feed(data)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        self.chunks.append(data)
+        self.kept += len(data)
+        if self.kept > 2 * self.keep:
+            joined = b"".join(self.chunks)
+            joined = joined[-self.keep:] if self.tail else joined[: self.keep]
+            self.chunks, self.kept = [joined], len(joined)
+
+    def value(self) -> bytes:
+        joined = b"".join(self.chunks)
+        return joined[-self.keep:] if self.tail else joined[: self.keep]
+
+
+def _run(job: dict, cfg: dict) -> dict:
+    t0 = time.monotonic()
+    chan_r, chan_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    info_r, info_w = os.pipe()
+    stdin_fd = None
+    if job.get("stdin") is not None:
+        stdin_fd = os.memfd_create("stdin")
+        data = job["stdin"].encode("utf-8", "surrogateescape")
+        while data:
+            data = data[os.write(stdin_fd, data):]
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    c = os.fork()
+    if c == 0:
+        try:
+            os.close(chan_r), os.close(out_r), os.close(err_r), os.close(info_r)
+            _child(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
+        except BaseException as exc:
+            os.write(err_w, f"sandbox setup error (run): {exc!r}\n".encode())
+        finally:
+            os._exit(70)
+    for fd in (chan_w, out_w, err_w, info_w) + ((stdin_fd,) if stdin_fd is not None else ()):
+        os.close(fd)
+    program = job["kind"] == "program"
+    out_keep = job["max_output"] if program else job["tail"]
+    caps = {
+        out_r: _Capture(out_r, out_keep, tail=not program),
+        err_r: _Capture(err_r, job["tail"], tail=True),
+        chan_r: _Capture(chan_r, job["max_records"] + 1, tail=False),
+        info_r: _Capture(info_r, 4096, tail=False),
+    }
+    limits = {out_r: job["max_output"] if program else job["output_limit"], err_r: job["output_limit"],
+              chan_r: job["max_records"]}
+    for fd in caps:
+        os.set_blocking(fd, False)
+    deadline = t0 + job["timeout_s"]
+    poller = select.poll()
+    for fd in caps:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(caps)
+    timed_out, overflow = False, None
+    while info_r in open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for fd, _ in poller.poll(min(left, 1.0) * 1000):
+            if not caps[fd].read():
+                poller.unregister(fd)
+                open_fds.discard(fd)
+            elif fd in limits and caps[fd].total > limits[fd]:
+                overflow = {out_r: "stdout", err_r: "stderr", chan_r: "result records"}[fd]
+        if overflow:
+            break
+    duration = time.monotonic() - t0
+    _kill_everything(cfg, [c])
+    for fd in list(open_fds):  # every writer is dead now (isolated mode): drain to EOF
+        os.set_blocking(fd, cfg["isolate"])
+        while caps[fd].total <= limits.get(fd, 1 << 20) + (1 << 16):
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            caps[fd].feed(data)
+    for fd in caps:
+        os.close(fd)
+    info = caps[info_r].value().decode("ascii", "replace").split()
+    ready = "ready" in info
+    exit_status = int(info[-1]) if info and info[-1].isdigit() else None
+    if exit_status is not None:
+        if os.WIFEXITED(exit_status):
+            exit_desc = {"code": os.WEXITSTATUS(exit_status)}
+        else:
+            exit_desc = {"signal": os.WTERMSIG(exit_status)}
+    else:
+        exit_desc = None
+    return {
+        "ready": ready,
+        "exit": exit_desc,
+        "timed_out": timed_out,
+        "overflow": overflow,
+        "duration": duration,
+        "stdout": caps[out_r].value().decode("utf-8", "replace"),
+        "stdout_total": caps[out_r].total,
+        "stderr": caps[err_r].value().decode("utf-8", "replace"),
+        "records": caps[chan_r].value().decode("ascii", "replace") if not overflow else "",
+    }
+
+
+def _child(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
+    """C: per-run namespaces, then G (init of the run) and H (the program)."""
+    os.setsid()
+    _linux.set_parent_death_signal(signal.SIGKILL)
+    os.closerange(0, 3)
+    if cfg["isolate"]:
+        if os.geteuid() == 0 and cfg["jail_has_sandbox_uid"]:
+            os.setgroups([])
+            os.setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+            os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+            _linux.prctl(4, 1)  # PR_SET_DUMPABLE: changing uid cleared it; /proc/self/*_map need it
+        uid, gid = os.geteuid(), os.getegid()
+        _linux.unshare(_linux.ALL_NAMESPACES)
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{SANDBOX_UID} {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{SANDBOX_UID} {gid} 1")
+        g = os.fork()
+        if g == 0:
+            _init_of_run()
+    h = os.fork()
+    if h == 0:
+        try:
+            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
+        except BaseException as exc:
+            try:
+                os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
+            finally:
+                os._exit(71)
+    for fd in (chan_w, out_w, err_w) + ((stdin_fd,) if stdin_fd is not None else ()):
+        os.close(fd)
+    _, status = os.waitpid(h, 0)
+    os.write(info_w, f" {status}\n".encode())
+    os._exit(0)
+
+
+def _init_of_run() -> None:
+    """G: pid 1 of the run's pid namespace. Holds nothing open, only reaps orphans."""
+    try:
+        os.closerange(0, 1 << 16)
+        _linux.drop_all_capabilities()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        while True:
+            signal.sigwait({signal.SIGCHLD})
+            _reap(block=False)
+    finally:
+        os._exit(0)
+
+
+def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
+    """H: last set-up steps, then the program. Never returns."""
+    L = _linux
+    if cfg["isolate"]:
+        L.mount("proc", "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+        L.mount("tmpfs", "/tmp", "tmpfs", L.MS_NOSUID | L.MS_NODEV,
+                f"size={job['tmp_mb']}m,nr_inodes=4096,mode=1777")
+        L.mount("tmpfs", "/dev/shm", "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
+                "size=16m,nr_inodes=1024,mode=1777")
+        workdir = "/tmp"
+        L.drop_all_capabilities()
+    else:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
+    os.chdir(workdir)
+    os.setsid()
+    mem = job["memory_mb"] << 20
+    cpu = int(job["timeout_s"]) + 2
+    for res, soft, hard in (
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_FSIZE, job["fsize_mb"] << 20, job["fsize_mb"] << 20),
+        (resource.RLIMIT_NOFILE, 256, 256),
+        (resource.RLIMIT_NPROC, job["nproc"], job["nproc"]),
+        (resource.RLIMIT_CORE, 0, 0),
+    ):
+        resource.setrlimit(res, (soft, hard))
+    if stdin_fd is None:
+        stdin_fd = os.open("/dev/null", os.O_RDONLY)
+    # Move every descriptor out of the way first, so that no dup2 below clobbers another one.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 200 + i)
+            for i, fd in enumerate((stdin_fd, out_w, err_w, chan_w, info_w))]
+    os.dup2(high[0], 0)
+    os.dup2(high[1], 1)
+    os.dup2(high[2], 2)
+    os.dup2(high[3], 3, inheritable=False)
+    os.write(high[4], b"ready ")
+    os.closerange(4, 1 << 16)
+    os.environ.clear()
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8")
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, encoding="utf-8", errors="surrogateescape")
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace",
+                                       buffering=1)
+    sys.argv = ["solution.py"]
+    sys.path[:] = [p for p in sys.path if p not in cfg["hide_sys_path"]]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if job["kind"] == "program":
+        _harness.run_program_child(job)
+    else:
+        _harness.run_tests_child(job, 3)
+
+
+if __name__ == "__main__":
+    main()
