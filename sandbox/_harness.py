@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import operator
 import sys
 import traceback
 
@@ -40,7 +41,7 @@ def prepare() -> None:
     _state.update(
         builtins=dict(builtins.__dict__),
         modules=mods,
-        snapshots={name: dict(m.__dict__) for name, m in mods.items()},
+        snapshots={name: (list(m.__dict__), list(m.__dict__.values())) for name, m in mods.items()},
         write=os.write, exit=os._exit, dumps=json.dumps, compile=compile, exec=exec,
         BaseException=BaseException, type=type, str=str, len=len, bool=bool,
         format_exc=traceback.format_exception_only, flush_std=_flush_std,
@@ -63,13 +64,16 @@ def _describe(exc) -> str:
 
 
 def _restore_modules() -> None:
-    mods, snaps = _state["modules"], _state["snapshots"]
+    mods, snaps, is_ = _state["modules"], _state["snapshots"], operator.is_
     for name, m in mods.items():
         d = m.__dict__
-        for k, v in snaps[name].items():
-            if d.get(k, d) is not v:
-                d[k] = v
-        sys.modules[name] = m
+        keys, values = snaps[name]
+        if not all(map(is_, map(d.get, keys), values)):  # something was patched: put it back
+            for k, v in zip(keys, values):
+                if d.get(k, d) is not v:
+                    d[k] = v
+        if sys.modules.get(name) is not m:
+            sys.modules[name] = m
 
 
 class _Reporter:

@@ -244,10 +244,34 @@ def _bound_names(tree: ast.Module) -> tuple[set, set]:
     return bound, modules
 
 
-def build(tests: str) -> Plan:
-    """Parse and rewrite ``tests`` (raises SyntaxError when the tests themselves do not parse)."""
+def _program_names(code: str) -> set:
+    """Top-level names the program binds (a program's ``def sum`` shadows the builtin)."""
+    if len(code) > 1 << 20:
+        return set()
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        else:
+            names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return names
+
+
+def build(tests: str, code: str = "") -> Plan:
+    """Parse and rewrite ``tests`` (raises SyntaxError when the tests themselves do not parse).
+
+    ``code`` (the program) is only parsed for the names it defines, so that a program's own
+    ``def sum(...)`` is called as the program's function, not as a trusted builtin.
+    """
     tree = ast.parse(tests)
     bound, modules = _bound_names(tree)
+    bound |= _program_names(code) & _BUILTIN_NAMES
     modules |= {"math", "cmath", "re", "string", "collections", "itertools", "functools", "heapq",
                 "operator", "statistics", "json"} - bound
     plan = Plan(units=[], sites=[], trusted_names=[], trusted_modules=[])

@@ -23,6 +23,7 @@ Host <-> zygote messages are length-prefixed JSON frames on the boot process's s
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ import time
 
 from sandbox import _harness, _linux
 
+_state: dict = {}
 SANDBOX_UID = 1000  # uid of the program inside its user namespace (never 0)
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
            "typing", "random", "statistics", "fractions", "decimal", "copy", "operator", "datetime",
@@ -132,9 +134,8 @@ def _setup_root(cfg: dict) -> None:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     rfd, wfd = 0, 1
-    _linux.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != cfg["host_pid"]:
-        os._exit(1)
+    # No parent-death signal here: it fires when the host *thread* that started us exits. The jail
+    # ends instead when the host's end of the pipe closes (the host exited or closed the pool).
     if cfg["isolate"]:
         try:
             _linux.unshare(_linux.ALL_NAMESPACES)
@@ -163,6 +164,13 @@ def main() -> None:
         except ImportError:
             pass
     _harness.prepare()
+    if cfg["isolate"]:
+        _state["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        _linux.drop_bounding_set()
+    gc.collect()
+    gc.freeze()  # keep the collector off the zygote's objects: fewer copy-on-write faults per run
+    os.set_inheritable(rfd, False)
+    os.set_inheritable(wfd, False)
     write_frame(wfd, {"ready": True, "pid": os.getpid(), "uid": os.getuid()})
     while True:
         job = read_frame(rfd)
@@ -266,15 +274,26 @@ def _run(job: dict, cfg: dict) -> dict:
         while data:
             data = data[os.write(stdin_fd, data):]
         os.lseek(stdin_fd, 0, os.SEEK_SET)
-    c = os.fork()
-    if c == 0:
+    init = None
+    if cfg["isolate"]:
+        # A fresh pid namespace for this run: its pid 1 is a do-nothing process, so the program
+        # (pid 2, parent outside the namespace) gets ordinary signal semantics.
+        _linux.setns(_state["pidns_fd"], _linux.CLONE_NEWPID)
+        _linux.unshare(_linux.CLONE_NEWPID)
+        init = _linux.spawn_idle_init()
+    t_init = time.monotonic()
+    h = os.fork()
+    if h == 0:
         try:
             os.close(chan_r), os.close(out_r), os.close(err_r), os.close(info_r)
-            _child(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
+            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
         except BaseException as exc:
-            os.write(err_w, f"sandbox setup error (run): {exc!r}\n".encode())
+            os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
         finally:
-            os._exit(70)
+            os._exit(71)
+    t_fork = time.monotonic()
+    t_ready = None
+    pidfd = os.pidfd_open(h)
     for fd in (chan_w, out_w, err_w, info_w) + ((stdin_fd,) if stdin_fd is not None else ()):
         os.close(fd)
     program = job["kind"] == "program"
@@ -293,24 +312,33 @@ def _run(job: dict, cfg: dict) -> dict:
     poller = select.poll()
     for fd in caps:
         poller.register(fd, select.POLLIN)
-    open_fds = set(caps)
-    timed_out, overflow = False, None
-    while info_r in open_fds:
+    poller.register(pidfd, select.POLLIN)
+    timed_out, overflow, exited = False, None, False
+    while not exited:
         left = deadline - time.monotonic()
         if left <= 0:
             timed_out = True
             break
         for fd, _ in poller.poll(min(left, 1.0) * 1000):
-            if not caps[fd].read():
+            if fd == pidfd:
+                exited = True
+            elif fd == info_r and t_ready is None:
+                t_ready = time.monotonic()
+                caps[fd].read()
+            elif not caps[fd].read():
                 poller.unregister(fd)
-                open_fds.discard(fd)
             elif fd in limits and caps[fd].total > limits[fd]:
                 overflow = {out_r: "stdout", err_r: "stderr", chan_r: "result records"}[fd]
         if overflow:
             break
     duration = time.monotonic() - t0
-    _kill_everything(cfg, [c])
-    for fd in list(open_fds):  # every writer is dead now (isolated mode): drain to EOF
+    exit_status = None
+    if exited:
+        _, exit_status = os.waitpid(h, 0)
+    _kill_everything(cfg, [h])
+    os.close(pidfd)
+    t_reaped = time.monotonic()
+    for fd in caps:  # every writer is dead now (isolated mode): drain to EOF
         os.set_blocking(fd, cfg["isolate"])
         while caps[fd].total <= limits.get(fd, 1 << 20) + (1 << 16):
             try:
@@ -320,11 +348,8 @@ def _run(job: dict, cfg: dict) -> dict:
             if not data:
                 break
             caps[fd].feed(data)
-    for fd in caps:
         os.close(fd)
-    info = caps[info_r].value().decode("ascii", "replace").split()
-    ready = "ready" in info
-    exit_status = int(info[-1]) if info and info[-1].isdigit() else None
+    ready = caps[info_r].value() == b"ready"
     if exit_status is not None:
         if os.WIFEXITED(exit_status):
             exit_desc = {"code": os.WEXITSTATUS(exit_status)}
@@ -338,6 +363,7 @@ def _run(job: dict, cfg: dict) -> dict:
         "timed_out": timed_out,
         "overflow": overflow,
         "duration": duration,
+        "phases": [round((t - t0) * 1000, 2) for t in (t_init, t_fork, t_ready or t0, t0 + duration, t_reaped)],
         "stdout": caps[out_r].value().decode("utf-8", "replace"),
         "stdout_total": caps[out_r].total,
         "stderr": caps[err_r].value().decode("utf-8", "replace"),
@@ -345,68 +371,36 @@ def _run(job: dict, cfg: dict) -> dict:
     }
 
 
-def _child(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
-    """C: per-run namespaces, then G (init of the run) and H (the program)."""
-    os.setsid()
-    _linux.set_parent_death_signal(signal.SIGKILL)
-    os.closerange(0, 3)
-    if cfg["isolate"]:
-        if os.geteuid() == 0 and cfg["jail_has_sandbox_uid"]:
-            os.setgroups([])
-            os.setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
-            os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
-            _linux.prctl(4, 1)  # PR_SET_DUMPABLE: changing uid cleared it; /proc/self/*_map need it
-        uid, gid = os.geteuid(), os.getegid()
-        _linux.unshare(_linux.ALL_NAMESPACES)
-        with open("/proc/self/setgroups", "w") as f:
-            f.write("deny")
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{SANDBOX_UID} {uid} 1")
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{SANDBOX_UID} {gid} 1")
-        g = os.fork()
-        if g == 0:
-            _init_of_run()
-    h = os.fork()
-    if h == 0:
-        try:
-            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
-        except BaseException as exc:
-            try:
-                os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
-            finally:
-                os._exit(71)
-    for fd in (chan_w, out_w, err_w) + ((stdin_fd,) if stdin_fd is not None else ()):
-        os.close(fd)
-    _, status = os.waitpid(h, 0)
-    os.write(info_w, f" {status}\n".encode())
-    os._exit(0)
-
-
-def _init_of_run() -> None:
-    """G: pid 1 of the run's pid namespace. Holds nothing open, only reaps orphans."""
-    try:
-        os.closerange(0, 1 << 16)
-        _linux.drop_all_capabilities()
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        while True:
-            signal.sigwait({signal.SIGCHLD})
-            _reap(block=False)
-    finally:
-        os._exit(0)
-
-
 def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
     """H: last set-up steps, then the program. Never returns."""
     L = _linux
+    _linux.set_parent_death_signal(signal.SIGKILL)
     if cfg["isolate"]:
+        # Still jail root here: a private mount namespace (owned by the jail's user namespace, so
+        # the program can never unmount anything in it) with this run's /proc, /tmp and /dev/shm.
+        L.unshare(L.CLONE_NEWNS)
         L.mount("proc", "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
         L.mount("tmpfs", "/tmp", "tmpfs", L.MS_NOSUID | L.MS_NODEV,
                 f"size={job['tmp_mb']}m,nr_inodes=4096,mode=1777")
         L.mount("tmpfs", "/dev/shm", "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
                 "size=16m,nr_inodes=1024,mode=1777")
         workdir = "/tmp"
-        L.drop_all_capabilities()
+        # Then the sandbox uid (an unprivileged host uid when the host is root) and a user, net,
+        # ipc and uts namespace of its own; finally no capabilities at all.
+        if os.geteuid() == 0 and cfg["jail_has_sandbox_uid"]:
+            os.setgroups([])
+            os.setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+            os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+            L.prctl(4, 1)  # PR_SET_DUMPABLE: the uid change cleared it; /proc/self/*_map need it
+        uid, gid = os.geteuid(), os.getegid()
+        L.unshare(L.CLONE_NEWUSER | L.CLONE_NEWNET | L.CLONE_NEWIPC | L.CLONE_NEWUTS)
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{SANDBOX_UID} {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{SANDBOX_UID} {gid} 1")
+        L.drop_all_capabilities(bounding=False)  # the zygote already emptied the bounding set
     else:
         import tempfile
 
@@ -433,7 +427,7 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
     os.dup2(high[1], 1)
     os.dup2(high[2], 2)
     os.dup2(high[3], 3, inheritable=False)
-    os.write(high[4], b"ready ")
+    os.write(high[4], b"ready")
     os.closerange(4, 1 << 16)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8")
