@@ -111,13 +111,21 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+_last_cap = None
+
+
 def drop_bounding_set() -> None:
-    """Empty the capability bounding set (inherited by every child; nothing can be gained by exec)."""
-    for cap in range(64):
+    """Empty the capability bounding set (nothing can be gained by exec)."""
+    global _last_cap
+    if _last_cap is None:
         try:
-            prctl(PR_CAPBSET_DROP, cap)
-        except OSError:  # EINVAL past the last capability the kernel knows
-            break
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _last_cap = int(f.read())
+        except (OSError, ValueError):
+            _last_cap = 40
+    for cap in range(_last_cap + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            _check(-1, "prctl(PR_CAPBSET_DROP)")
 
 
 def drop_all_capabilities(bounding: bool = True) -> None:

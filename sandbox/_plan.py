@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -269,9 +270,15 @@ def build(tests: str, code: str = "") -> Plan:
     ``code`` (the program) is only parsed for the names it defines, so that a program's own
     ``def sum(...)`` is called as the program's function, not as a trusted builtin.
     """
+    return _build(tests, frozenset(_program_names(code) & _BUILTIN_NAMES))
+
+
+@functools.lru_cache(maxsize=4096)
+def _build(tests: str, shadowed: frozenset) -> Plan:
+    """Cached: the completions of one prompt share their tests."""
     tree = ast.parse(tests)
     bound, modules = _bound_names(tree)
-    bound |= _program_names(code) & _BUILTIN_NAMES
+    bound |= shadowed
     modules |= {"math", "cmath", "re", "string", "collections", "itertools", "functools", "heapq",
                 "operator", "statistics", "json"} - bound
     plan = Plan(units=[], sites=[], trusted_names=[], trusted_modules=[])
@@ -282,8 +289,7 @@ def build(tests: str, code: str = "") -> Plan:
         kind = "test" if has_assert and not is_def else "setup"
         rewriter.unit = len(plan.units)
         new = rewriter.visit(stmt)
-        module = ast.fix_missing_locations(ast.Module(body=[new], type_ignores=[]))
-        plan.units.append((kind, ast.unparse(module)))
+        plan.units.append((kind, ast.unparse(new)))
     plan.trusted_names = sorted(set(plan.trusted_names))
     plan.trusted_modules = sorted(set(plan.trusted_modules))
     return plan

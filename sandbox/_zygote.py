@@ -166,7 +166,7 @@ def main() -> None:
     _harness.prepare()
     if cfg["isolate"]:
         _state["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        _linux.drop_bounding_set()
+        _linux.drop_bounding_set()  # the idle inits too; also reads cap_last_cap while /proc is the jail's
     gc.collect()
     gc.freeze()  # keep the collector off the zygote's objects: fewer copy-on-write faults per run
     os.set_inheritable(rfd, False)
@@ -400,7 +400,7 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
             f.write(f"{SANDBOX_UID} {uid} 1")
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"{SANDBOX_UID} {gid} 1")
-        L.drop_all_capabilities(bounding=False)  # the zygote already emptied the bounding set
+        L.drop_all_capabilities()  # a new user namespace starts with a full bounding set
     else:
         import tempfile
 
