@@ -250,8 +250,10 @@ def _safe_pow(base, exp):
 
 def _is_huge(e) -> bool:
     """True for an unevaluated power tower or a number too large to touch."""
-    if isinstance(e, sympy.Pow) and e.base.is_Number and e.exp.is_Number:
-        return True
+    if isinstance(e, sympy.Pow) and e.base.is_Number:
+        x = e.exp
+        if x.is_Integer and abs(int(x)) > 64 or x.is_Rational and abs(x.q) > 1000 or _is_huge(x):
+            return True  # only _safe_pow leaves such powers unevaluated
     if isinstance(e, sympy.Integer) and int(e).bit_length() > 20000:
         return True
     return any(_is_huge(a) for a in getattr(e, "args", ())[:4]) if isinstance(e, sympy.Basic) and len(e.args) < 5 and not e.is_Atom else False
