@@ -57,6 +57,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
                 partners = _brace_partners(text)
             k = partners.get(j)
             if k is None:
+                out.append((m.start(), -1, None))  # unbalanced: a truncated response
                 continue
             out.append((m.start(), k + 1, text[j + 1 : k]))
         elif j > m.end():
@@ -183,6 +184,9 @@ def extract(text: str) -> str | None:
 def _extract_plain(text: str) -> str | None:
     cands: list[tuple[int, str]] = []
     boxes = _boxes(text)
+    if boxes and boxes[-1][2] is None:
+        return None  # the response stops inside its last box
+    boxes = [b for b in boxes if b[2] is not None]
     grp = _last_box_group(text, boxes)
     if grp is not None:
         cands.append(grp)

@@ -166,7 +166,8 @@ def normalize(s: str) -> str:
         if s == old:
             break
     s = s.replace("\u00b0", " \u00b0 ")
-    s = re.sub(r"\s*\u00b0\s*$", "", s)  # a trailing degree sign is a unit
+    if not re.search(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])", s):
+        s = re.sub(r"\s*\u00b0\s*$", "", s)  # a trailing degree sign is a unit
     s = re.sub(r"\s+", " ", s).strip()
     return s
 
@@ -280,6 +281,7 @@ class _Parser:
         self.i = 0
         self.depth = 0
         self.decimals: list[str] = []
+        self.trig_depth = 0
 
     # -- helpers
     def peek(self, k=0):
@@ -394,6 +396,10 @@ class _Parser:
     def parse_postfix(self):
         e = self.parse_atom()
         e = self.parse_factorials(e)
+        if self.peek()[1] == "\u00b0":  # degrees: radians inside a trig function, else a unit
+            self.next()
+            if self.trig_depth:
+                e = e * sympy.pi / 180
         while self.peek()[1] == "'":  # f' as a name
             self.next()
             e = sympy.Symbol(str(e) + "'")
@@ -566,6 +572,7 @@ class _Parser:
             arg = self.parse_arg()
             val = sympy.sqrt(arg)
         else:
+            self.trig_depth += name in _TRIG
             if self.peek()[1] in ("(", "{"):
                 open_ = self.next()[1]
                 arg = self.parse_sum()
@@ -578,6 +585,7 @@ class _Parser:
                 if self.peek()[1] == "\u00b0":
                     self.next()
                     arg = arg * sympy.pi / 180
+            self.trig_depth -= name in _TRIG
             fn = _FUNCS.get(name)
             if fn is None:
                 raise ParseError(f"unsupported function {name}")

@@ -638,16 +638,15 @@ def _scalar_equal(a, ia: ExprInfo, b, ib: ExprInfo) -> bool:
             # an expression with a short decimal in it against an exact one: exact only
             return _close(va, vb) and _simplify_zero(a, b)
         return _close(va, vb)
-    if sa != sb:
-        return False
+    syms = sa | sb
     # identity testing at generic points
-    for pt in _points(sa, 3):
+    for pt in _points(syms, 3):
         va, vb = _num(a.subs(pt)), _num(b.subs(pt))
         if va is None or vb is None:
             return _simplify_zero(a, b)
         if not _close(va, vb):
             return False
-    for pt in _neg_points(sa):
+    for pt in _neg_points(syms):
         va, vb = _num(a.subs(pt)), _num(b.subs(pt))
         if va is None or vb is None:
             continue
