@@ -78,7 +78,7 @@ def mbpp(data_dir: Path) -> list[dict]:
 
 def _baseline_child(program: str, timeout: float, result) -> None:
     with tempfile.TemporaryDirectory() as d:
-        rmtree, chdir = shutil.rmtree, os.chdir
+        rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
         os.chdir(d)
         for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
                      "fork", "forkpty", "killpg", "rename", "renames", "truncate", "unlink"):
@@ -101,7 +101,7 @@ def _baseline_child(program: str, timeout: float, result) -> None:
             result.append(f"failed: {exc!r}"[:200])
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            shutil.rmtree, os.chdir = rmtree, chdir
+            shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
             os.chdir("/")
 
 

@@ -115,7 +115,7 @@ class Verdict:
 
 _config = {
     "isolation": os.environ.get("RLVR_SANDBOX_ISOLATION", "namespaces"),  # or "none" (unsafe)
-    "workers": None,  # default: os.cpu_count()
+    "workers": None,  # default: 2 * os.cpu_count()
     "extra_ro_paths": [],  # more host paths to show read-only inside the jail
 }
 
@@ -170,6 +170,63 @@ def _jail_config(isolate: bool, extra_ro_paths) -> dict:
     }
 
 
+class _MemoryCgroup:
+    """Best effort (root, cgroup v1 or v2): one memory cgroup per jail, so that a run's processes
+    together (not just each one, as RLIMIT_AS does) stay within its memory limit."""
+
+    _count = 0
+
+    def __init__(self, pid: int):
+        self.path, self.limit_file, self.current = None, None, None
+        try:
+            with open("/proc/self/cgroup") as f:
+                lines = [line.rstrip("\n").split(":", 2) for line in f]
+        except OSError:
+            return
+        for _, ctrls, rel in lines:
+            if "memory" in ctrls.split(","):
+                base, limit_file = f"/sys/fs/cgroup/memory{rel}", "memory.limit_in_bytes"
+                break
+        else:
+            base, limit_file = f"/sys/fs/cgroup{dict((c, r) for _, c, r in lines).get('', '/')}", "memory.max"
+        _MemoryCgroup._count += 1
+        path = os.path.join(base, f"rlvr-sandbox-{os.getpid()}-{_MemoryCgroup._count}")
+        try:
+            os.mkdir(path)
+        except OSError:
+            return
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError:
+            os.rmdir(path)
+            return
+        self.path, self.limit_file = path, os.path.join(path, limit_file)
+
+    def set_limit(self, memory_mb: int) -> None:
+        want = (memory_mb + 256) << 20  # the run's limit plus the zygote's own memory
+        if self.path is None or want == self.current:
+            return
+        try:
+            with open(self.limit_file, "w") as f:
+                f.write(str(want))
+            self.current = want
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
 class _Jail:
     """One zygote process (and its namespaces); runs one job at a time."""
 
@@ -183,6 +240,7 @@ class _Jail:
             close_fds=True, start_new_session=True,
         )
         self.rfd, self.wfd = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        self.cgroup = _MemoryCgroup(self.proc.pid) if isolate and os.geteuid() == 0 else None
         try:
             msg = self._read(30.0)
             if isolate:
@@ -232,6 +290,8 @@ class _Jail:
             return None
 
     def run(self, job: dict) -> dict:
+        if self.cgroup is not None:
+            self.cgroup.set_limit(job["memory_mb"])
         try:
             write_frame(self.wfd, job)
         except OSError as exc:
@@ -256,6 +316,8 @@ class _Jail:
                 f.close()
             except OSError:
                 pass
+        if getattr(self, "cgroup", None) is not None:
+            self.cgroup.close()
 
 
 class Pool:
@@ -263,7 +325,9 @@ class Pool:
 
     def __init__(self, workers: int | None = None, *, isolation: str | None = None,
                  extra_ro_paths: list[str] | None = None):
-        self.workers = workers or _config["workers"] or os.cpu_count() or 1
+        # Twice the cores: part of a run's wall time is spent waiting in the kernel (namespace
+        # teardown), and another jail's run fills it.
+        self.workers = workers or _config["workers"] or 2 * (os.cpu_count() or 1)
         self.isolate = (isolation or _config["isolation"]) != "none"
         self.extra = list(extra_ro_paths if extra_ro_paths is not None else _config["extra_ro_paths"])
         self._slots: queue.LifoQueue = queue.LifoQueue()

@@ -2,20 +2,21 @@
 
 Process tree of one jail (``J`` = the jail's namespaces, ``R`` = one run's namespaces)::
 
-    host (trusted) --pipes-- boot (host namespaces) -- zygote (pid 1 of J) -- C (per run, in J)
-                                                                               |-- G  pid 1 of R: reaper only
-                                                                               `-- H  pid 2 of R: runs the program
+    host (trusted) --pipes-- boot (host namespaces) -- zygote (pid 1 of J) --+-- I  pid 1 of R: sleeps
+                                                                             `-- H  pid 2 of R: the program
 
-* boot: ``unshare(user, mount, pid, net, ipc, uts)``; the host writes its uid/gid maps.
+* boot: ``unshare(user, mount, pid, net, ipc, uts)``; the host writes its uid/gid maps (as root:
+  jail uid 0 = host root, jail uid 1000 = host ``nobody``; otherwise jail uid 0 = the user).
 * zygote: pid 1 of J; builds a new root on a tmpfs (read-only binds of /usr, the interpreter and
   a few /etc files; fresh /dev, /proc, /tmp), ``pivot_root``s into it, pre-imports, then serves
   runs one at a time. After each run it SIGKILLs every other process in J and reaps them, so no
   process outlives a run; the run's mount namespace, and the tmpfs working dir in it, die with it.
-* C: drops to the sandbox uid, ``unshare``s a fresh user/mount/pid/net/ipc/uts namespace set for
-  the run, forks G (init of R) and H, waits for H and reports its exit status.
-* H: mounts /proc and tmpfs /tmp, /dev/shm, drops every capability (no_new_privs), sets rlimits,
-  clears the environment, and runs ``_harness`` with the program. Its parent C is outside R, so
-  ``os.getppid()`` is 0 there and a signal to "the parent" hits only its own process group.
+* per run, the zygote makes a fresh pid namespace R, starts I (``clone(CLONE_VM)`` running
+  ``pause``: cheap, holds nothing) as its pid 1, then forks H. H's parent is outside R, so in
+  there ``os.getppid()`` is 0 and a signal to "the parent" only reaches H's own process group.
+* H: a private mount namespace with the run's /proc and tmpfs /tmp, /dev/shm; then the sandbox
+  uid (1000) and fresh user, net, ipc and uts namespaces; no capabilities, no_new_privs; rlimits;
+  an empty environment; then ``_harness`` runs the program.
 
 Host <-> zygote messages are length-prefixed JSON frames on the boot process's stdin/stdout.
 """
@@ -385,6 +386,8 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
         L.mount("tmpfs", "/dev/shm", "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
                 "size=16m,nr_inodes=1024,mode=1777")
         workdir = "/tmp"
+        with open("/proc/self/oom_score_adj", "w") as f:  # the run, never the zygote, is OOM's pick
+            f.write("1000")
         # Then the sandbox uid (an unprivileged host uid when the host is root) and a user, net,
         # ipc and uts namespace of its own; finally no capabilities at all.
         if os.geteuid() == 0 and cfg["jail_has_sandbox_uid"]:

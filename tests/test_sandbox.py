@@ -133,6 +133,28 @@ def test_memory_limit():
     assert v.status == "fail" and "MemoryError" in v.reason
 
 
+def test_memory_limit_across_processes():
+    """Eight children of 200 MB each under a 512 MB limit: the memory cgroup (root) stops them."""
+    if os.geteuid() != 0:
+        pytest.skip("the per-jail memory cgroup needs root")
+    code = """
+    import os
+    def add(a, b):
+        pids = []
+        for _ in range(8):
+            pid = os.fork()
+            if pid == 0:
+                x = bytearray(200 << 20)
+                for i in range(0, len(x), 4096):
+                    x[i] = 1
+                os._exit(0)
+            pids.append(pid)
+        return a + b if all(os.waitpid(p, 0)[1] == 0 for p in pids) else None
+    """
+    assert run(code, "assert add(2, 3) == 5", memory_mb=512).status == "fail"
+    assert run("def add(a, b):\n    return a + b\n").passed
+
+
 def test_fork_bomb_is_bounded_and_reaped():
     marker = f"forkbomb_{uuid.uuid4().hex[:8]}"
     code = f"""
