@@ -275,7 +275,11 @@ def _run(job: dict, cfg: dict) -> dict:
         while data:
             data = data[os.write(stdin_fd, data):]
         os.lseek(stdin_fd, 0, os.SEEK_SET)
-    init = None
+    init, workdir = None, None
+    if not cfg["isolate"]:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
     if cfg["isolate"]:
         # A fresh pid namespace for this run: its pid 1 is a do-nothing process, so the program
         # (pid 2, parent outside the namespace) gets ordinary signal semantics.
@@ -287,7 +291,7 @@ def _run(job: dict, cfg: dict) -> dict:
     if h == 0:
         try:
             os.close(chan_r), os.close(out_r), os.close(err_r), os.close(info_r)
-            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd)
+            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir)
         except BaseException as exc:
             os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
         finally:
@@ -338,6 +342,10 @@ def _run(job: dict, cfg: dict) -> dict:
         _, exit_status = os.waitpid(h, 0)
     _kill_everything(cfg, [h])
     os.close(pidfd)
+    if workdir is not None:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
     t_reaped = time.monotonic()
     for fd in caps:  # every writer is dead now (isolated mode): drain to EOF
         os.set_blocking(fd, cfg["isolate"])
@@ -372,7 +380,7 @@ def _run(job: dict, cfg: dict) -> dict:
     }
 
 
-def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
+def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir=None) -> None:
     """H: last set-up steps, then the program. Never returns."""
     L = _linux
     _linux.set_parent_death_signal(signal.SIGKILL)
@@ -404,10 +412,6 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd) -> None:
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"{SANDBOX_UID} {gid} 1")
         L.drop_all_capabilities()  # a new user namespace starts with a full bounding set
-    else:
-        import tempfile
-
-        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
     os.chdir(workdir)
     os.setsid()
     mem = job["memory_mb"] << 20

@@ -468,3 +468,16 @@ def test_forge_writing_fake_records():
     os._exit(0)
     """
     assert run(code).status == "fail"
+
+
+def test_explicit_opt_out_still_judges_verdicts():
+    """isolation='none' is the documented opt-out: no namespaces, but the same unforgeable verdicts."""
+    pool = sandbox.Pool(1, isolation="none")
+    try:
+        good, hack = sandbox.run_batch([
+            {"code": "def add(a, b):\n    return a + b\n", "tests": ADD_TESTS},
+            {"code": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n", "tests": ADD_TESTS},
+        ], pool=pool)
+    finally:
+        pool.close()
+    assert good.status == "pass" and hack.status == "fail"
