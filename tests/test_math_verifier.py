@@ -171,6 +171,18 @@ EQUIVALENCE = [
     (r"\text{Tuesday}", "Wednesday", False),
     ("5", "five", True),
     ("21", "twenty one", True),
+    # repeating decimals, approximations, congruences, choices with their value
+    (r"\frac{1}{3}", r"0.\overline{3}", True),
+    (r"\frac{7}{6}", r"1.1\overline{6}", True),
+    (r"\frac{1}{3}", "0.3", False),
+    (r"\frac{5}{8}", r"\frac{5}{8} \approx 0.625", True),
+    ("4", r"4 \pmod{7}", True),
+    ("4", "4.0000000001", False),
+    ("D", r"\textbf{(D)} 17", True),
+    ("D", r"(E) 17", False),
+    (r"(-\infty, -1) \cup (1, \infty)", r"x < -1 \text{ or } x > 1", True),
+    (r"(-\infty, -1) \cup (1, \infty)", r"x < -1 \text{ or } x > 2", False),
+    (r"\mathbb{R}", r"(-\infty, \infty)", True),
     # ratios and clock times
     ("3:2", "3:2", True),
     ("9:30", "9:45", False),

@@ -120,6 +120,17 @@ def _strip_text_commands(s: str) -> str:
     return s
 
 
+def _repeating(m) -> str:
+    """0.1\\overline{6} -> \\frac{1}{6}: a repeating decimal as an exact fraction."""
+    ip, fixed, rep = (m.group(1), m.group(2), m.group(3)) if m.group(3) else (m.group(4), m.group(5), m.group(6))
+    if len(fixed) + len(rep) > 50:
+        return m.group(0)
+    num = int(fixed + rep) - (int(fixed) if fixed else 0)
+    den = (10 ** len(rep) - 1) * 10 ** len(fixed)
+    whole = int(ip) if ip else 0
+    return rf"\frac{{{whole * den + num}}}{{{den}}}"
+
+
 def _is_unitish(words: str) -> bool:
     ws = re.findall(r"[a-zA-Z/.']+", words)
     return bool(ws) and all(re.fullmatch(r"[a-zA-Z/.']+", w) for w in ws) and len(words) < 40
@@ -144,6 +155,12 @@ def normalize(s: str) -> str:
     s = _SPACING_RE.sub(" ", s)
     s = re.sub(r"\\(?:mathrm|mathbf|mathit|operatorname)\s*\{\s*e\s*\}", "e", s)
     s = _strip_text_commands(s)
+    s = re.sub(r"\\mathbb\s*\{?\s*R\s*\}?", r"(-\\infty,\\infty)", s)
+    s = re.sub(r"\(?\s*\\(?:pmod|bmod|mod)\s*\{?\s*\d+\s*\}?\s*\)?\s*$", "", s)  # 11 \pmod{13}
+    s = re.sub(r"\(\s*mod\s*\d+\s*\)\s*$", "", s)
+    s = re.sub(r"(\d*)\.(\d*)\\(?:overline|bar)\s*\{(\d+)\}|(\d*)\.(\d*)\\(?:overline|bar)\s*(\d)", _repeating, s)
+    if "\\approx" in s:  # "3/8 \approx 0.375": the exact value before the approximation
+        s = s.split("\\approx", 1)[0]
     s = re.sub(r"\\%|%", " ", s)
     s = re.sub(r"\\(?:ge|geq|geqslant)(?![a-zA-Z])", ">=", s)
     s = re.sub(r"\\(?:le|leq|leqslant)(?![a-zA-Z])", "<=", s)

@@ -51,7 +51,13 @@ Equivalence policy (MATH/GSM8K conventions), decided here:
   are real they must agree too, which rejects ``|x|`` vs ``x``), else ``simplify(a - b) == 0``.
 - matrices compare elementwise (sums and powers of matrices are evaluated); a column or row vector
   equals a tuple of its entries. Ratios ``a:b`` and clock times compare elementwise.
-- multiple-choice letters: ``(C)``, ``\\text{(C)}`` and ``C`` are the letter C.
+- multiple-choice letters: ``(C)``, ``\\text{(C)}``, ``C`` and ``(C) 17`` are the letter C.
+- repeating decimals are exact (``0.1\\overline{6} == 1/6``); ``a \\approx b`` is judged by ``a``;
+  a trailing ``\\pmod{n}`` is dropped; ``\\mathbb{R}`` is ``(-\\infty, \\infty)``.
+- a list of one-variable inequalities ("x < -1 or x > 1") equals the union of their intervals.
+- limits of the cheap guards: answers longer than 5,000 characters only match exactly; responses
+  are read from their last 100,000 characters; power towers (``9^{9^9}``) are compared
+  structurally, never evaluated.
 - a hedge inside one box (``5 \\text{ or } 6``) is a two-element answer, so it never equals ``5``.
 """
 
@@ -277,7 +283,7 @@ def _numbers_equal(x, y) -> bool:
         return True
     # a long decimal against an exact fraction: within one unit of its last digit
     for (v1, d1, e1), (v2, d2, e2) in ((x, y), (y, x)):
-        if d1 >= 10 and d2 == 0 and abs(v1 - v2) <= Fraction(10) ** e1:
+        if d1 >= 10 and d2 == 0 and abs(v1 - v2) < Fraction(10) ** e1:
             return True
     return False
 
@@ -307,11 +313,25 @@ def _parsed(s: str):
         return None, n
 
 
+_CHOICE = re.compile(r"^\(\s*([A-E])\s*\)|^([A-E])\s*[).:](?:\s|$)")
+
+
+def _choice(v, n: str) -> str | None:
+    """The multiple-choice letter of an answer: 'C', '(C)', '(C) 12', 'C) 12'."""
+    if v is not None and v[0] == "letter":
+        return v[1]
+    m = _CHOICE.match(n)
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def _equal_strings(pred: str, gold: str) -> bool:
     vp, np_ = _parsed(pred)
     vg, ng = _parsed(gold)
     if np_ == ng:
         return True
+    cg, cp = _choice(vg, ng), _choice(vp, np_)
+    if cg is not None and cp is not None and (vg is not None and vg[0] == "letter" or vp is not None and vp[0] == "letter"):
+        return cg == cp
     if vp is None or vg is None:
         return _text_key(np_) == _text_key(ng)
     try:
@@ -405,6 +425,12 @@ def _eq(g, p) -> bool:
         return _eq_rel(g, p)
     if kp == "coll" and kg != "coll" and len(p[1]) > 1 and all(_eq(p[1][0], q) for q in p[1][1:]):
         return _eq(g, p[1][0])  # \boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}: one value twice
+    if {kg, kp} == {"coll", "union"}:
+        # "x < -2 or x > 2" against (-oo, -2) U (2, oo): a list of intervals is their union
+        items = [_simplify_value(v) for v in (g if kg == "coll" else p)[1]]
+        if items and all(v[0] == "tuple" and v[1] in "([" and len(v[3]) == 2 for v in items):
+            return _eq_coll(g[1], items) if kg == "union" else _eq_coll(items, p[1])
+        return False
     if kg != kp:
         if {kg, kp} == {"matrix", "tuple"}:
             m, t = (g, p) if kg == "matrix" else (p, g)
@@ -663,7 +689,7 @@ def _decimal_close(a, ia, b, ib, va=None, vb=None) -> bool:
             vy = _num(y, 60)
             if vy is None:
                 continue
-            if _is_real(vy) and abs(sympy.re(vy) - x) <= sympy.Rational(10) ** ix.decimal_last:
+            if _is_real(vy) and abs(sympy.re(vy) - x) < sympy.Rational(10) ** ix.decimal_last:
                 return True
     return False
 
