@@ -207,16 +207,29 @@ class Listener:
         self.sock.close()
 
 
-def _processes() -> dict[int, str]:
-    procs = {}
+def _processes(descendants_only: bool = False) -> dict[int, str]:
+    """pid -> command line; only this process's descendants (jails, runs) if asked: the machine is
+    shared, other people's processes come and go."""
+    procs, parent = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     procs[int(entry)] = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 pass
-    return procs
+    if not descendants_only:
+        return procs
+    me, mine = os.getpid(), {}
+    for pid, cmd in procs.items():
+        p, seen = parent.get(pid), 0
+        while p and p != me and seen < 64:
+            p, seen = parent.get(p), seen + 1
+        if p == me:
+            mine[pid] = cmd
+    return mine
 
 
 def run_case(case: dict, timeout_s: float) -> dict:
@@ -238,7 +251,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
                 env_set.append(k)
         if "tcp_listen" in step:
             listeners.append((step["tcp_listen"], Listener(step["tcp_listen"])))
-    before = _processes()
+    before = _processes(descendants_only=True)
     try:
         v = sandbox.run_tests(case["code"], case["tests"], timeout_s=timeout_s)
         checks = []
@@ -257,7 +270,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
                 elif key == "runner_alive":
                     ok = sandbox.run_tests("x = 1", "assert x == 1").passed
                 elif key == "no_leftover_processes":
-                    new = {p: c for p, c in _processes().items() if p not in before}
+                    new = {p: c for p, c in _processes(descendants_only=True).items() if p not in before}
                     ok = not new
                     if new:
                         arg = f"left: {list(new.values())[:3]}"
@@ -268,7 +281,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
                 elif key == "workdir_removed":
                     # The working dir is a tmpfs mounted inside the run's own mount namespace; it
                     # exists nowhere on the host and goes away with the run's last process.
-                    ok = not {p for p in _processes() if p not in before}
+                    ok = not {p for p in _processes(descendants_only=True) if p not in before}
                 else:
                     ok = None
                 checks.append((key, arg, ok))
