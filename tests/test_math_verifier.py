@@ -34,6 +34,8 @@ EXTRACTION = [
     ("Final Answer: The final answer is 42. I hope it is correct.", "42"),
     ("Final Answer: The smallest such $k$ is 17.", "17"),
     ("Janet has 5 apples.\nShe buys 3 more.\n#### 8", "8"),
+    ("**Answer:** 5", "5"),
+    ("Therefore, the answer is **12**.", "12"),
     ("She earns 1,200 dollars.\n#### 1,200", "1,200"),
     # revision: box, prose, a different box -> the last box
     (r"First I got \boxed{12}. Wait, that double counts. Correcting, the total is \boxed{10}.", "10"),

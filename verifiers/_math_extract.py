@@ -153,9 +153,9 @@ def _bare(text: str) -> str | None:
 
 def _phrase_answer(rest: str) -> str:
     """The text after 'The answer is': up to the end of the line/sentence, prose stripped."""
-    line = rest.split("\n", 1)[0]
+    line = rest.lstrip(" \t*_:").split("\n", 1)[0]  # markdown: **Answer:** 5
     line = re.split(r"(?<=[^\d\\])\.\s+(?=[A-Z])|\.\s*$", line.strip())[0] if line.strip() else line
-    line = line.strip()
+    line = line.strip().strip("*_").strip()
     if _prose_words(_MATH_SEG_RE.sub(" ", line)) >= 1:
         # "The largest $n$ is 34": what follows the last ' is ' / '=' is the answer
         m = list(re.finditer(r"\b(?:is|are|equals|be)\b|=", line))
