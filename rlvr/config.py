@@ -1,0 +1,298 @@
+"""Typed configuration: dataclass defaults are the vetted settings, a recipe YAML lists what differs.
+
+    cfg = load_config("recipes/tiny_zero.yaml", {"grpo.lr": 1e-5, "output_dir": "/tmp/run"})
+
+Unknown or misspelt keys fail at load with the file, line and nearest valid key; values are checked
+against the field's type (and its allowed choices); batch sizes name their unit and must divide.
+Relative paths in a recipe are relative to the directory you run from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message says where and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "rlvr/tiny/model"  # a local HF-format directory or a hub id
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # JSONL / JSON / parquet file, a local dataset dir, or a hub id
+    train_split: str = "train"
+    test: str = ""  # held-out problems for evaluation; never used for training
+    test_split: str = "test"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    # gsm8k: the answer follows "#### " in the answer field; auto: detect that per row
+    answer_format: Literal["auto", "plain", "gsm8k"] = "auto"
+    template: Literal["r1_zero", "chat", "plain"] = "r1_zero"
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 512
+    shuffle: bool = True
+
+
+@dataclass
+class SamplerConfig:
+    backend: Literal["hf", "vllm"] = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    batch_seqs: int = 256  # hf backend: sequences generated together
+    gpu_memory_utilization: float = 0.3  # vllm: TRL learnt to leave the learner room (trl#2688)
+    enable_sleep: bool = True  # vllm: free the KV cache and weights while the learner steps
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class RewardSpec:
+    verifier: str = "math"  # registered name, or path/to/file.py:function
+    weight: float = 1.0
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 200  # rollout steps (one sample-verify-learn round each)
+    prompts_per_step: int = 64
+    samples_per_prompt: int = 8
+    micro_batch_seqs: int = 8  # sequences per forward/backward
+    optimizer_steps_per_pass: int = 1  # the rollout batch splits into this many optimizer steps
+    passes_per_step: int = 1  # optimisation passes over each rollout batch (PPO epochs)
+    lr: float = 1e-6
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # grpo: (r - mean) / std within the group; drgrpo: r - mean (Dr. GRPO, no std division)
+    advantage: Literal["grpo", "drgrpo"] = "drgrpo"
+    # Dr. GRPO's constant normaliser (seq_mean_token_sum_norm) removes the length bias of the others.
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # DAPO clip-higher
+    beta: float = 0.0  # KL to a frozen reference; 0 loads no reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
+    max_sampling_rounds: int = 4
+    overlong: Literal["none", "mask", "penalty"] = "none"
+    overlong_buffer_tokens: int = 128  # penalty ramps from 0 to overlong_penalty over the last N tokens
+    overlong_penalty: float = 1.0
+    verifier_timeout_s: float = 1.0
+    verifier_workers: int = 0  # 0: one per core
+
+
+@dataclass
+class EvalConfig:
+    problems: int = 200  # held-out problems scored greedily before and after training
+    every_steps: int = 0  # also evaluate every N steps (0: only before and after)
+    max_new_tokens: int = 0  # 0: the sampler's
+    verifier: str = "math"  # judges the final answer (accuracy_any_format)
+    format_verifier: str = "format"  # also required for `accuracy`; "" to count the answer alone
+
+
+@dataclass
+class Config:
+    stage: Literal["grpo"] = "grpo"
+    output_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0)])
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
+    checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
+    log_every: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line in the YAML text, for error messages."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{prefix[:-1]}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{prefix[:-1]}[{i}].")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _where(source: str, key: str, lines: dict[str, int]) -> str:
+    return f"{source}, line {lines[key]}" if key in lines else source
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    where = _where(source, key, lines)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key + ".", source, lines)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source, lines)
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"{where}: '{key}' is {value!r}; choose one of {', '.join(map(str, args))}{hint}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source, lines) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value) if tp is int else float(value)
+            except (ValueError, yaml.YAMLError):
+                pass
+        ok = isinstance(value, int) and not isinstance(value, bool) if tp is int else (
+            isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}: '{key}' must be {'an integer' if tp is int else 'a number'}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, values: dict, prefix: str, source: str, lines: dict[str, int]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
+            raise ConfigError(f"{_where(source, key, lines)}: unknown key '{key}'{hint}")
+        kwargs[k] = _coerce(v, hints[k], key, source, lines)
+    return cls(**kwargs)
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for dotted, v in flat.items():
+        *parents, last = str(dotted).split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        node[last] = v
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls=Config):
+    """Recipe YAML (may be None: all defaults) plus dotted overrides -> validated config."""
+    values, lines, source = {}, {}, "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist; recipes live in recipes/, e.g. recipes/tiny_zero.yaml")
+        text = path.read_text()
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of keys to values")
+        lines, source = _key_lines(text), str(path)
+    if overrides:
+        _build(cls, _nest(overrides), "", "command-line override", {})  # blame the override, not the file
+        values = _merge(values, _nest(overrides))
+        source = f"{source} + command-line overrides"
+    cfg = _build(cls, values, "", source, lines)
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg, source: str = "config") -> None:
+    """Cross-field checks: batch-size divisibility and settings that contradict each other."""
+    g = getattr(cfg, "grpo", None)
+    if g is None:
+        return
+    seqs = g.prompts_per_step * g.samples_per_prompt
+    per_opt = seqs // max(g.optimizer_steps_per_pass, 1)
+    for name, v in [("grpo.prompts_per_step", g.prompts_per_step), ("grpo.samples_per_prompt", g.samples_per_prompt),
+                    ("grpo.micro_batch_seqs", g.micro_batch_seqs), ("grpo.optimizer_steps_per_pass", g.optimizer_steps_per_pass),
+                    ("grpo.passes_per_step", g.passes_per_step), ("grpo.steps", g.steps)]:
+        if v < 1:
+            raise ConfigError(f"{source}: {name} must be at least 1, got {v}")
+    if g.samples_per_prompt < 2:
+        raise ConfigError(f"{source}: grpo.samples_per_prompt must be >= 2: group-normalised advantages need a group")
+    if seqs % g.optimizer_steps_per_pass:
+        raise ConfigError(
+            f"{source}: prompts_per_step x samples_per_prompt = {seqs} sequences per step do not split into "
+            f"grpo.optimizer_steps_per_pass={g.optimizer_steps_per_pass} equal optimizer steps; pick a divisor of {seqs}")
+    if per_opt % g.micro_batch_seqs:
+        raise ConfigError(
+            f"{source}: each optimizer step has {per_opt} sequences, not a multiple of grpo.micro_batch_seqs="
+            f"{g.micro_batch_seqs}; pick a divisor of {per_opt}")
+    if not 0 <= g.clip_low < 1 or g.clip_high < 0:
+        raise ConfigError(f"{source}: grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
+    if not cfg.rewards:
+        raise ConfigError(f"{source}: rewards is empty; list at least one verifier, e.g. [{{verifier: math}}]")
+    if cfg.sampler.temperature <= 0:
+        raise ConfigError(f"{source}: sampler.temperature must be > 0 for RL sampling (greedy is used for eval)")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,295 @@
+"""GRPO, R1-Zero style: sample -> verify -> advantages -> loss -> step -> sync, one screen per stage.
+
+    python -m rlvr.train recipes/tiny_zero.yaml                 # the CPU demo, a few minutes
+    python -m rlvr.train recipes/r1_zero.yaml --grpo.lr=1e-6    # the GPU recipe
+
+Each step draws ``prompts_per_step`` problems, samples ``samples_per_prompt`` completions of each,
+scores them with the recipe's verifiers, normalises rewards within each group, and takes
+``passes_per_step`` x ``optimizer_steps_per_pass`` clipped policy-gradient steps with the importance
+ratio against the sampler's own log-probabilities. The algorithm math lives in ``rlvr.algos``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from rlvr import algos, config as config_lib, data as data_lib, model as model_lib, rewards as rewards_lib
+from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.sampler import HFSampler, Rollout
+
+
+@dataclass
+class Batch:
+    """A scored rollout ready for the learner (group by group)."""
+
+    rollout: Rollout
+    advantages: torch.Tensor  # (B,)
+    rewards: torch.Tensor  # (B,)
+
+
+def make_sampler(cfg, model, tokenizer):
+    if cfg.sampler.backend == "hf":
+        return HFSampler(model, tokenizer, batch_seqs=cfg.sampler.batch_seqs)
+    from rlvr.vllm_sampler import VLLMSampler
+
+    return VLLMSampler(cfg.model, cfg.sampler, seed=cfg.seed)
+
+
+def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step) -> tuple[Batch | None, dict]:
+    """sample -> verify -> advantages, with DAPO dynamic sampling: keep drawing prompts until
+    ``prompts_per_step`` groups have informative (not all equal) rewards, or the rounds run out."""
+    g, G = cfg.grpo, cfg.grpo.samples_per_prompt
+    kept, kept_r, seen_r, raw_all, m = [], [], [], {}, {}
+    t_sample = t_verify = 0.0
+    for round_ in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
+        need = g.prompts_per_step - sum(len(r) // G for r in kept)
+        if need <= 0:
+            break
+        idx = stream.take(need)
+        t0 = time.time()
+        ro = sampler.generate([prompts[i] for i in idx], G, temperature=cfg.sampler.temperature,
+                              top_p=cfg.sampler.top_p, max_new_tokens=cfg.sampler.max_new_tokens,
+                              seed=cfg.seed * 1_000_003 + step * 101 + round_)
+        t1 = time.time()
+        probs = [problems[i] for i in idx for _ in range(G)]
+        r, rm, raw = rewards_lib.score(cfg.rewards, [prompt_texts[i] for i in idx for _ in range(G)], ro.texts, probs,
+                                       timeout_s=g.verifier_timeout_s, workers=g.verifier_workers)
+        if g.overlong == "penalty":
+            lengths = torch.tensor([len(c) for c in ro.completion_ids])
+            r = r + algos.overlong_penalty(lengths, cfg.sampler.max_new_tokens, g.overlong_buffer_tokens, g.overlong_penalty)
+        t_sample, t_verify = t_sample + t1 - t0, t_verify + time.time() - t1
+        for k, v in rm.items():  # failures add up over rounds; means are over everything sampled
+            m[k] = m.get(k, 0.0) + v * (len(ro) if k.startswith("reward/") else 1)
+        for k, v in raw.items():
+            raw_all.setdefault(k, []).append(v)
+        seen_r.append(r)
+        keep = algos.informative_groups(r, G) if g.dynamic_sampling else torch.ones(len(idx), dtype=torch.bool)
+        rows = [i * G + j for i in range(len(idx)) if keep[i] for j in range(G)]
+        kept.append(ro.select(rows))
+        kept_r.append(r[rows])
+    n_seen = sum(len(r) for r in seen_r)
+    seen = torch.cat(seen_r)
+    m = {k: (v / n_seen if k.startswith("reward/") else v) for k, v in m.items()}
+    m["reward/total"] = seen.mean().item()
+    m["reward/std_in_group"] = seen.view(-1, G).std(dim=1).mean().item()
+    if cfg.eval.verifier in raw_all:
+        m["accuracy"] = (torch.cat(raw_all[cfg.eval.verifier]) >= 1.0).float().mean().item()
+    rollout = Rollout.concat(kept)
+    m.update({"sampling/rounds": float(len(seen_r)), "sampling/kept_groups": float(len(rollout) // G),
+              "perf/sample_s": t_sample, "perf/verify_s": t_verify})
+    if len(rollout) == 0:
+        return None, m
+    r = torch.cat(kept_r)
+    adv = algos.group_advantages(r, G, normalize_std=g.advantage == "grpo")
+    if g.overlong == "mask":  # truncated completions teach nothing about the answer: zero their weight
+        adv = adv * (1.0 - torch.tensor(rollout.truncated, dtype=torch.float))
+    return Batch(rollout, adv, r), m
+
+
+def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int, step: int) -> dict:
+    """loss -> step: passes x optimizer steps over the batch, micro-batched, exact loss normalisation."""
+    g, T = cfg.grpo, cfg.sampler.temperature
+    ro, B = batch.rollout, len(batch.rollout)
+    ids, attn, mask = model_lib.pad_batch(ro.prompt_ids, ro.completion_ids, pad_id)
+    device = next(model.parameters()).device
+    old = torch.zeros(B, ids.shape[1] - 1)  # sampler log-probs aligned with completion_logprobs' outputs
+    for i, (p, lp) in enumerate(zip(ro.prompt_ids, ro.logprobs)):
+        old[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
+    ids, attn, mask, old, adv = ids.to(device), attn.to(device), mask.to(device), old.to(device), batch.advantages.to(device)
+    ref = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref = torch.cat([model_lib.completion_logprobs(ref_model, ids[s:s + g.micro_batch_seqs], attn[s:s + g.micro_batch_seqs],
+                                                           mask[s:s + g.micro_batch_seqs], T)[0]
+                             for s in range(0, B, g.micro_batch_seqs)])
+    per_opt = math.ceil(B / g.optimizer_steps_per_pass)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    sums: dict[str, float] = {}
+    n_tok = float(mask.sum())
+
+    def add(k, v):
+        sums[k] = sums.get(k, 0.0) + float(v)
+
+    for pass_ in range(g.passes_per_step):
+        order = torch.randperm(B, generator=gen)
+        for o, start in enumerate(range(0, B, per_opt)):
+            rows = order[start:start + per_opt]
+            denom = algos.loss_denominator(mask[rows, 1:], g.loss_agg)
+            optimizer.zero_grad(set_to_none=True)
+            for s in range(0, len(rows), g.micro_batch_seqs):
+                mb = rows[s:s + g.micro_batch_seqs]
+                logp, m, ent = model_lib.completion_logprobs(model, ids[mb], attn[mb], mask[mb], T, with_entropy=True)
+                pg, clipped = algos.clipped_surrogate(logp, old[mb], adv[mb], g.clip_low, g.clip_high)
+                per_tok = pg
+                if ref is not None:
+                    kl = algos.kl_estimate(logp, ref[mb], g.kl_estimator)
+                    per_tok = per_tok + g.beta * kl
+                    add("kl", (kl.detach() * m).sum())
+                if g.entropy_coef:
+                    per_tok = per_tok - g.entropy_coef * ent
+                loss = algos.masked_sum(per_tok, m, g.loss_agg, cfg.sampler.max_new_tokens) / denom
+                loss.backward()
+                add("loss/total", loss.detach())
+                add("loss/pg", algos.masked_sum(pg.detach(), m, g.loss_agg, cfg.sampler.max_new_tokens) / denom)
+                add("clip_frac", (clipped * m).sum())
+                add("entropy", (ent * m).sum())
+                if pass_ == 0 and o == 0:  # weights untouched yet: learner vs sampler on the same tokens
+                    add("mismatch/logprob_abs", ((logp.detach() - old[mb]).abs() * m).sum())
+                    add("mismatch/tokens", m.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
+            add("grad_norm", grad_norm)
+            add("optimizer_steps", 1)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                add("skipped_steps", 1)
+                optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    n_opt = sums.pop("optimizer_steps")
+    out = {
+        "loss/total": sums["loss/total"] / n_opt, "loss/pg": sums["loss/pg"] / n_opt,
+        "clip_frac": sums["clip_frac"] / (n_tok * g.passes_per_step), "entropy": sums["entropy"] / (n_tok * g.passes_per_step),
+        "grad_norm": sums["grad_norm"] / n_opt, "lr": optimizer.param_groups[0]["lr"],
+        "mismatch/logprob_abs": sums["mismatch/logprob_abs"] / max(sums["mismatch/tokens"], 1.0),
+        "skipped_steps": sums.get("skipped_steps", 0.0),
+    }
+    if "kl" in sums:
+        out["kl"] = sums["kl"] / (n_tok * g.passes_per_step)
+    return out
+
+
+def evaluate_greedy(cfg, sampler, problems, prompts, out_dir=None, tag="eval") -> dict:
+    """Greedy accuracy on held-out problems. ``accuracy``: the rewarded format *and* a right answer;
+    ``accuracy_any_format``: a right final answer in whatever form the completion gives it."""
+    max_new = cfg.eval.max_new_tokens or cfg.sampler.max_new_tokens
+    ro = sampler.generate(prompts, 1, temperature=0.0, max_new_tokens=max_new, seed=cfg.seed)
+    import verifiers
+
+    answers, metas = [p.answer for p in problems], [p.meta for p in problems]
+    right = verifiers.score_batch(cfg.eval.verifier, ro.texts, answers, metas, timeout_s=cfg.grpo.verifier_timeout_s)
+    right = [bool(v and v >= 1.0) for v in right]
+    if cfg.eval.format_verifier:
+        fmt = verifiers.score_batch(cfg.eval.format_verifier, ro.texts, answers, metas, timeout_s=cfg.grpo.verifier_timeout_s)
+        fmt = [bool(v and v >= 1.0) for v in fmt]
+    else:
+        fmt = [True] * len(right)
+    if out_dir is not None:
+        import json
+
+        with open(out_dir / f"{tag}_samples.jsonl", "w") as f:
+            for p, t, r, fo in zip(problems, ro.texts, right, fmt):
+                f.write(json.dumps({"id": p.id, "question": p.question, "answer": p.answer, "completion": t,
+                                    "correct": r, "format": fo}) + "\n")
+    n = len(problems)
+    return {"accuracy": sum(r and f for r, f in zip(right, fmt)) / n, "accuracy_any_format": sum(right) / n, "n": n}
+
+
+def save_checkpoint(model, tokenizer, path) -> None:
+    """HF format, written to a temporary name and renamed, so a half-written checkpoint never exists."""
+    import os
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def train(cfg) -> dict:
+    t_start = time.time()
+    out = prepare_output_dir(cfg.output_dir)
+    (out / "config.yaml").write_text(config_lib.dump(cfg))
+    print(f"resolved config (saved to {out / 'config.yaml'}):\n{config_lib.dump(cfg)}")
+    seed_everything(cfg.seed)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    d = cfg.data
+    model, tok = model_lib.load(cfg.model)
+    ref_model = None
+    if cfg.grpo.beta > 0:
+        ref_model, _ = model_lib.load(cfg.model)
+        ref_model.eval().requires_grad_(False)
+    train_set = data_lib.load_problems(d.train, d.train_split, d.question_field, d.answer_field, d.answer_format)
+    test_set = data_lib.load_problems(d.test, d.test_split, d.question_field, d.answer_field, d.answer_format)
+    test_set = test_set[: cfg.eval.problems]
+    enc = lambda ps, src: data_lib.encode_prompts(ps, tok, d.template, d.max_prompt_tokens, d.system_prompt, src)  # noqa: E731
+    train_prompts, test_prompts = enc(train_set, d.train), enc(test_set, d.test)
+    train_texts = [tok.decode(p) for p in train_prompts]
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, train_prompts + test_prompts))
+    if context and longest + cfg.sampler.max_new_tokens > context:
+        raise data_lib.DataError(
+            f"the longest prompt ({longest} tokens) plus sampler.max_new_tokens={cfg.sampler.max_new_tokens} exceeds "
+            f"the model's context of {context} tokens; lower sampler.max_new_tokens or data.max_prompt_tokens")
+
+    sampler = make_sampler(cfg, model, tok)
+    g = cfg.grpo
+    optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=g.weight_decay, betas=(0.9, 0.99))
+
+    def lr_factor(step):
+        warm = min(1.0, (step + 1) / g.warmup_steps) if g.warmup_steps else 1.0
+        if g.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, g.steps) / g.steps))
+        return warm
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    logger = MetricsLogger(out)
+    stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
+    summary = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_initial")}
+    print(f"initial greedy eval: {summary['eval_initial']}")
+
+    bar = tqdm(range(1, g.steps + 1), desc="grpo", dynamic_ncols=True)
+    for step in bar:
+        t0 = time.time()
+        batch, metrics = sample_and_score(cfg, sampler, stream, train_set, train_prompts, train_texts, step)
+        if batch is not None:
+            t1 = time.time()
+            sampler.sleep()
+            metrics.update(learn(model, ref_model, optimizer, scheduler, batch, cfg, sampler.pad_id, step))
+            sampler.wake()
+            sampler.update_weights(model.state_dict().items())
+            metrics["perf/learn_s"] = time.time() - t1
+            lens = torch.tensor([len(c) for c in batch.rollout.completion_ids], dtype=torch.float)
+            metrics.update({"response/len": lens.mean().item(), "response/len_max": lens.max().item(),
+                            "response/truncated_frac": sum(batch.rollout.truncated) / len(batch.rollout)})
+            gen_tokens = lens.sum().item()
+            metrics["perf/sample_tokens_per_s"] = gen_tokens / max(metrics["perf/sample_s"], 1e-9)
+            metrics["perf/learn_tokens_per_s"] = (gen_tokens + sum(map(len, batch.rollout.prompt_ids))) * g.passes_per_step / max(metrics["perf/learn_s"], 1e-9)
+        metrics["perf/step_s"] = time.time() - t0
+        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
+            ev = evaluate_greedy(cfg, sampler, test_set, test_prompts)
+            metrics.update({f"eval/{k}": v for k, v in ev.items() if k != "n"})
+        logger.log(step, metrics)
+        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps:
+            save_checkpoint(model, tok, out / "checkpoints" / f"step_{step}")
+    bar.close()
+
+    summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_final")
+    save_checkpoint(model, tok, out / "final")
+    summary["steps"] = g.steps
+    summary["wall_s"] = round(time.time() - t_start, 1)
+    write_json_atomic(out / "summary.json", summary)
+    logger.close()
+    print(f"final greedy eval: {summary['eval_final']}  ({summary['wall_s']} s; outputs in {out})")
+    return summary

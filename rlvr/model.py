@@ -1,0 +1,82 @@
+"""Load policy, reference and tokenizer; compute the learner's per-token log-probabilities.
+
+Models are ordinary transformers causal LMs in HF format: the shipped tiny model, any local
+checkpoint (ours included), or a hub id for users online.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlvr import algos
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(ValueError):
+    pass
+
+
+def load(cfg, device: str | torch.device = "cpu"):
+    """cfg: ModelConfig -> (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cfg.path
+    local = Path(path).expanduser()
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise ModelError(
+            f"model.path {path!r} does not exist. Give a local HF-format directory (e.g. rlvr/tiny/model, "
+            f"relative to where you run) or a hub id like Qwen/Qwen2.5-0.5B")
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelError(f"model.path {path!r} has no config.json: not a saved HF model (save_pretrained) directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else path,
+                                                  trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else path, dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"could not load model {path!r}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.to(device), tokenizer
+
+
+def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
+    """Right-padded prompt+completion rows -> input_ids (B, L), attention (B, L), completion mask (B, L).
+    The mask marks the positions of completion tokens (the targets the loss and ratio use)."""
+    L = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    B = len(prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    mask = torch.zeros((B, L))
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        mask[i, len(p): len(p) + len(c)] = 1.0
+    return ids, attn, mask
+
+
+def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+                        with_entropy: bool = False):
+    """Log-probabilities of each target token: -> logp (B, L-1), mask (B, L-1)[, entropy (B, L-1)].
+
+    Position t of the outputs scores token t+1 of ``ids``. Only completion positions go through the
+    LM head, so a 150k vocabulary does not materialise logits for the prompt too."""
+    out = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    hidden = out.last_hidden_state[:, :-1]  # (B, L-1, H)
+    target_mask = mask[:, 1:]  # (B, L-1)
+    sel = target_mask.bool()
+    logits = model.get_output_embeddings()(hidden[sel])  # (N, V)
+    logp = torch.zeros(target_mask.shape, dtype=torch.float32, device=ids.device)
+    logp[sel] = algos.token_logprobs(logits, ids[:, 1:][sel], temperature)
+    if not with_entropy:
+        return logp, target_mask
+    ent = torch.zeros_like(logp)
+    with torch.no_grad():
+        ent[sel] = algos.entropy(logits, temperature)
+    return logp, target_mask, ent
