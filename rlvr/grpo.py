@@ -11,15 +11,18 @@ ratio against the sampler's own log-probabilities. The algorithm math lives in `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+import signal
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, config as config_lib, data as data_lib, model as model_lib, rewards as rewards_lib
+from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, model as model_lib, rewards as rewards_lib
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
 from rlvr.sampler import HFSampler, Rollout
 
@@ -31,6 +34,15 @@ class Batch:
     rollout: Rollout
     advantages: torch.Tensor  # (B,)
     rewards: torch.Tensor  # (B,)
+
+
+class SamplerCrash(RuntimeError):
+    """The sampler raised; carries the batch (dataset rows and problem ids) it was generating."""
+
+    def __init__(self, step: int, rows: list[int], ids: list[str], cause: BaseException):
+        super().__init__(f"the sampler failed at step {step} generating problems {ids} (train rows {rows}): "
+                         f"{type(cause).__name__}: {cause}")
+        self.rows, self.ids = rows, ids
 
 
 def make_sampler(cfg, model, tokenizer):
@@ -53,9 +65,12 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
             break
         idx = stream.take(need)
         t0 = time.time()
-        ro = sampler.generate([prompts[i] for i in idx], G, temperature=cfg.sampler.temperature,
-                              top_p=cfg.sampler.top_p, max_new_tokens=cfg.sampler.max_new_tokens,
-                              seed=cfg.seed * 1_000_003 + step * 101 + round_)
+        try:
+            ro = sampler.generate([prompts[i] for i in idx], G, temperature=cfg.sampler.temperature,
+                                  top_p=cfg.sampler.top_p, max_new_tokens=cfg.sampler.max_new_tokens,
+                                  seed=cfg.seed * 1_000_003 + step * 101 + round_)
+        except Exception as e:  # a crash deep in generation is useless without the batch that caused it
+            raise SamplerCrash(step, idx, [problems[i].id for i in idx], e) from e
         t1 = time.time()
         probs = [problems[i] for i in idx for _ in range(G)]
         r, rm, raw = rewards_lib.score(cfg.rewards, [prompt_texts[i] for i in idx for _ in range(G)], ro.texts, probs,
@@ -122,6 +137,7 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
             rows = order[start:start + per_opt]
             denom = algos.loss_denominator(mask[rows, 1:], g.loss_agg)
             optimizer.zero_grad(set_to_none=True)
+            finite = True
             for s in range(0, len(rows), g.micro_batch_seqs):
                 mb = rows[s:s + g.micro_batch_seqs]
                 logp, m, ent = model_lib.completion_logprobs(model, ids[mb], attn[mb], mask[mb], T, with_entropy=True)
@@ -135,6 +151,7 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
                     per_tok = per_tok - g.entropy_coef * ent
                 loss = algos.masked_sum(per_tok, m, g.loss_agg, cfg.sampler.max_new_tokens) / denom
                 loss.backward()
+                finite = finite and bool(torch.isfinite(loss))
                 add("loss/total", loss.detach())
                 add("loss/pg", algos.masked_sum(pg.detach(), m, g.loss_agg, cfg.sampler.max_new_tokens) / denom)
                 add("clip_frac", (clipped * m).sum())
@@ -145,9 +162,9 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
             add("grad_norm", grad_norm)
             add("optimizer_steps", 1)
-            if torch.isfinite(grad_norm):
+            if finite and torch.isfinite(grad_norm):
                 optimizer.step()
-            else:
+            else:  # one NaN/inf update would poison the weights for good: skip it (train() counts these)
                 add("skipped_steps", 1)
                 optimizer.zero_grad(set_to_none=True)
     scheduler.step()
@@ -190,20 +207,6 @@ def evaluate_greedy(cfg, sampler, problems, prompts, out_dir=None, tag="eval") -
     return {"accuracy": sum(r and f for r, f in zip(right, fmt)) / n, "accuracy_any_format": sum(right) / n, "n": n}
 
 
-def save_checkpoint(model, tokenizer, path) -> None:
-    """HF format, written to a temporary name and renamed, so a half-written checkpoint never exists."""
-    import os
-    import shutil
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -218,13 +221,16 @@ def seed_everything(seed: int) -> None:
 def train(cfg) -> dict:
     t_start = time.time()
     out = prepare_output_dir(cfg.output_dir)
+    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
     (out / "config.yaml").write_text(config_lib.dump(cfg))
     print(f"resolved config (saved to {out / 'config.yaml'}):\n{config_lib.dump(cfg)}")
     seed_everything(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     d = cfg.data
-    model, tok = model_lib.load(cfg.model)
+    # A checkpoint is an HF model directory: the policy continues from it, the reference stays the base.
+    model, tok = model_lib.load(dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model)
+    ckpt.check_space(out, ckpt.checkpoint_bytes(model))
     ref_model = None
     if cfg.grpo.beta > 0:
         ref_model, _ = model_lib.load(cfg.model)
@@ -253,40 +259,76 @@ def train(cfg) -> dict:
         return warm
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    logger = MetricsLogger(out)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
-    summary = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_initial")}
-    print(f"initial greedy eval: {summary['eval_initial']}")
+    if resume_from:
+        state = ckpt.load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.load_state(state["data"])
+        summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
+        ckpt.set_rng_state(state["rng"])  # last: loading above may draw random numbers
+    else:
+        summary, bad_steps, first = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_initial")}, 0, 1
+        print(f"initial greedy eval: {summary['eval_initial']}")
+    logger = MetricsLogger(out)
 
-    bar = tqdm(range(1, g.steps + 1), desc="grpo", dynamic_ncols=True)
-    for step in bar:
-        t0 = time.time()
-        batch, metrics = sample_and_score(cfg, sampler, stream, train_set, train_prompts, train_texts, step)
-        if batch is not None:
-            t1 = time.time()
-            sampler.sleep()
-            metrics.update(learn(model, ref_model, optimizer, scheduler, batch, cfg, sampler.pad_id, step))
-            sampler.wake()
-            sampler.update_weights(model.state_dict().items())
-            metrics["perf/learn_s"] = time.time() - t1
-            lens = torch.tensor([len(c) for c in batch.rollout.completion_ids], dtype=torch.float)
-            metrics.update({"response/len": lens.mean().item(), "response/len_max": lens.max().item(),
-                            "response/truncated_frac": sum(batch.rollout.truncated) / len(batch.rollout)})
-            gen_tokens = lens.sum().item()
-            metrics["perf/sample_tokens_per_s"] = gen_tokens / max(metrics["perf/sample_s"], 1e-9)
-            metrics["perf/learn_tokens_per_s"] = (gen_tokens + sum(map(len, batch.rollout.prompt_ids))) * g.passes_per_step / max(metrics["perf/learn_s"], 1e-9)
-        metrics["perf/step_s"] = time.time() - t0
-        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
-            ev = evaluate_greedy(cfg, sampler, test_set, test_prompts)
-            metrics.update({f"eval/{k}": v for k, v in ev.items() if k != "n"})
-        logger.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps:
-            save_checkpoint(model, tok, out / "checkpoints" / f"step_{step}")
+    def save(step, data_state, rng, score=None):
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": data_state,
+                 "rng": rng, "summary": summary, "bad_steps": bad_steps}
+        return ckpt.save(out / "checkpoints", step, model, tok, state, config_text=config_lib.dump(cfg),
+                         metrics_file=out / "metrics.jsonl", score=score, keep_last=cfg.keep_last,
+                         keep_best=cfg.keep_best_mode if cfg.keep_best_metric else "")
+
+    bar = tqdm(range(first, g.steps + 1), desc="grpo", dynamic_ncols=True, initial=first - 1, total=g.steps)
+    with ckpt.StopRequest() as stop:
+        for step in bar:
+            t0 = time.time()
+            at_start = stream.state(), ckpt.rng_state()  # with the untouched weights: a checkpoint of step - 1
+            try:
+                batch, metrics = sample_and_score(cfg, sampler, stream, train_set, train_prompts, train_texts, step)
+            except SamplerCrash as e:
+                traceback.print_exc()
+                prev = out / "checkpoints" / f"step_{step - 1}"
+                path = prev if ckpt.is_valid(prev) else save(step - 1, *at_start)
+                raise ckpt.RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto") from e
+            if batch is not None:
+                t1 = time.time()
+                sampler.sleep()
+                metrics.update(learn(model, ref_model, optimizer, scheduler, batch, cfg, sampler.pad_id, step))
+                sampler.wake()
+                sampler.update_weights(model.state_dict().items())
+                metrics["perf/learn_s"] = time.time() - t1
+                lens = torch.tensor([len(c) for c in batch.rollout.completion_ids], dtype=torch.float)
+                metrics.update({"response/len": lens.mean().item(), "response/len_max": lens.max().item(),
+                                "response/truncated_frac": sum(batch.rollout.truncated) / len(batch.rollout)})
+                gen_tokens = lens.sum().item()
+                metrics["perf/sample_tokens_per_s"] = gen_tokens / max(metrics["perf/sample_s"], 1e-9)
+                metrics["perf/learn_tokens_per_s"] = (gen_tokens + sum(map(len, batch.rollout.prompt_ids))) * g.passes_per_step / max(metrics["perf/learn_s"], 1e-9)
+            ckpt.crash_point(f"step{step}")
+            metrics["perf/step_s"] = time.time() - t0
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
+                ev = evaluate_greedy(cfg, sampler, test_set, test_prompts)
+                metrics.update({f"eval/{k}": v for k, v in ev.items() if k != "n"})
+            logger.log(step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}")
+            bad_steps = bad_steps + 1 if metrics.get("skipped_steps") else 0
+            if bad_steps:
+                tqdm.write(f"step {step}: non-finite loss or gradient, {metrics['skipped_steps']:.0f} update(s) skipped "
+                           f"({bad_steps} such step(s) in a row; the run stops at max_bad_steps={cfg.max_bad_steps})")
+            due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps
+            if due or stop.signum or bad_steps >= cfg.max_bad_steps:
+                path = save(step, stream.state(), ckpt.rng_state(), metrics.get(cfg.keep_best_metric))
+            if bad_steps >= cfg.max_bad_steps:
+                raise ckpt.RunStopped(
+                    f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
+                    f"weights in {path} are the last finite ones). Check rewards for NaN, lower grpo.lr, then --resume={path}")
+            if stop.signum:
+                raise ckpt.RunStopped(f"stopped by {signal.Signals(stop.signum).name} after step {step}; checkpoint {path}; "
+                                      f"continue with --resume=auto", exit_code=128 + stop.signum)
     bar.close()
 
     summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_final")
-    save_checkpoint(model, tok, out / "final")
+    ckpt.save_model(model, tok, out / "final")
     summary["steps"] = g.steps
     summary["wall_s"] = round(time.time() - t_start, 1)
     write_json_atomic(out / "summary.json", summary)

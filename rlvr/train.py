@@ -2,6 +2,7 @@
 
     python -m rlvr.train recipes/tiny_zero.yaml
     python -m rlvr.train recipes/tiny_zero.yaml --grpo.lr=1e-5 --output_dir=/tmp/run
+    python -m rlvr.train recipes/tiny_zero.yaml --resume=auto     # continue from the newest valid checkpoint
 
 Bad input (unknown keys, missing files, impossible batch sizes) ends with one paragraph saying what
 and where, not a traceback.
@@ -11,20 +12,35 @@ from __future__ import annotations
 
 import sys
 
+from rlvr.checkpoint import CheckpointError, RunStopped
 from rlvr.config import ConfigError, load_config
 from rlvr.data import DataError
 from rlvr.model import ModelError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, PermissionError, OSError)
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, FileNotFoundError, PermissionError, OSError)
 
 
 def run(recipe: str, **overrides):
     cfg = load_config(recipe, overrides)
     if cfg.stage == "grpo":
         from rlvr.grpo import train
+    elif cfg.stage == "sft":
+        from rlvr.sft import train
+    elif cfg.stage == "dpo":
+        from rlvr.dpo import train
+    elif cfg.stage == "reward_model":
+        from rlvr.reward_model import train
     else:
         raise ConfigError(f"{recipe}: stage {cfg.stage!r} is not available")
-    return train(cfg)
+    uses_rm = cfg.stage == "grpo" and any(r.verifier == "reward_model" for r in cfg.rewards)
+    if uses_rm:  # the `reward_model` verifier holds a model, so it is registered here, in this process
+        from rlvr import reward_model
+
+        reward_model.register_verifier(cfg.reward_model)
+    summary = train(cfg)
+    if uses_rm:  # the figure of a chat-RL run: the reward model's score of held-out greedy replies
+        summary = reward_model.score_eval_samples(cfg, summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except RunStopped as e:  # a guard or a signal stopped training after saving a checkpoint
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -1,0 +1,323 @@
+"""Resumable checkpoints: write atomically, validate, find the newest, prune, restore RNG.
+
+    path = checkpoint.save(out / "checkpoints", step, model, tokenizer, state, metrics_file=out / "metrics.jsonl")
+    ckpt = checkpoint.find_latest(out / "checkpoints")        # newest *valid* one, or None
+    state = checkpoint.load_state(ckpt)                       # optimizer, scheduler, data, RNG, ...
+
+A checkpoint is a directory ``step_N`` holding the HF model (``save_pretrained``, so it is a valid
+``model.path``), ``trainer_state.pt`` (whatever the loop passes: optimizer, scheduler, data position,
+RNG states, summary), ``config.yaml``, the ``metrics.jsonl`` rows up to step N, and ``manifest.json``.
+It is built under ``step_N.tmp``, every file fsynced, the manifest (file names and sizes) written
+last, then renamed into place: a crash at any point leaves either no ``step_N`` or a complete one,
+and ``is_valid`` rejects any directory whose manifest is missing or disagrees with the files.
+The loops (GRPO, SFT, DPO) share these functions; none of them knows what a loop's state holds.
+
+Fault injection for tests: ``RLVR_CRASH_AT=<point>`` SIGKILLs the process at ``crash_point(<point>)``
+(e.g. ``step3`` in the middle of GRPO step 3, ``save4`` while step 4's checkpoint is half written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.pt"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or used; the message names the path and the fix."""
+
+
+class RunStopped(RuntimeError):
+    """Training stopped on purpose (a guard tripped, a signal) after saving a checkpoint to resume from."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def crash_point(name: str) -> None:
+    """Die like a preempted machine (SIGKILL: no cleanup, no handlers) when RLVR_CRASH_AT names this point."""
+    if os.environ.get("RLVR_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is only durable once the directory entry itself reaches the disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """HF format only (``final``), written under a temporary name, fsynced and renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _sync_tree(tmp)
+    _replace_dir(tmp, path)
+
+
+def _sync_tree(path: Path) -> dict[str, int]:
+    """fsync every file under path; -> {relative name: size} for the manifest."""
+    files = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[str(f.relative_to(path))] = f.stat().st_size
+    for d in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+    return files
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    # os.replace cannot overwrite a non-empty directory: move the old one aside first, so that at
+    # every instant either the old or the new complete directory sits at ``path``... or neither,
+    # for a moment, which resume handles by picking the previous step.
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save(root: Path, step: int, model, tokenizer, state: dict, *, config_text: str = "",
+         metrics_file: Path | None = None, score: float | None = None, keep_last: int = 0, keep_best: str = "") -> Path:
+    """Write checkpoint ``root/step_<step>`` atomically, then ``prune(root, keep_last, keep_best)``; -> its
+    path. ``state`` must load with weights_only (tensors, numbers, strings, lists, dicts). ``score`` is
+    what ``prune`` ranks by when keeping the best one."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path, tmp = root / f"step_{step}", root / f"step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step, **state}, tmp / STATE)
+        if config_text:
+            (tmp / "config.yaml").write_text(config_text)
+        if metrics_file is not None and Path(metrics_file).exists():
+            shutil.copyfile(metrics_file, tmp / "metrics.jsonl")
+        crash_point(f"save{step}")
+        files = _sync_tree(tmp)
+        with open(tmp / MANIFEST, "w") as f:  # last: its presence is what makes the checkpoint valid
+            json.dump({"step": step, "score": score, "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_dir(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = find_latest(root)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({e.strerror or e}); nothing partial was left behind"
+            + (f"; the newest valid checkpoint is {prev}" if prev else "") + ". Free space or pick another output_dir") from e
+    prune(root, keep_last, keep_best)
+    return path
+
+
+def manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable checkpoint, or None when it is."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    m = manifest(path)
+    if m is None:
+        return f"{path} has no readable {MANIFEST}: its write never finished (crash or full disk)"
+    for name, size in m.get("files", {}).items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != size:
+            return f"{path}/{name} is missing or has the wrong size: the checkpoint is damaged"
+    if STATE not in m.get("files", {}):
+        return f"{path} has no {STATE}: it holds a model but not the training state"
+    return None
+
+
+def is_valid(path: Path) -> bool:
+    return problem(path) is None
+
+
+def _steps(root: Path) -> list[tuple[int, Path]]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def find_latest(root: Path) -> Path | None:
+    """The newest valid checkpoint under ``root``; incomplete or damaged ones are skipped."""
+    for _, p in reversed(_steps(root)):
+        if is_valid(p):
+            return p
+    return None
+
+
+def resolve(resume: str, root: Path) -> Path | None:
+    """``resume`` setting -> checkpoint to load. "" : none; "auto": newest valid under ``root`` (None
+    if there is none); a path: that checkpoint, or the newest valid one in a run's checkpoints dir."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return find_latest(root)
+    path = Path(resume).expanduser()
+    for candidate in (path / "checkpoints", path):
+        if candidate.is_dir() and not (candidate / MANIFEST).exists() and _steps(candidate):
+            latest = find_latest(candidate)
+            if latest is None:
+                raise CheckpointError(f"resume={resume!r}: no valid checkpoint in {candidate} (every one is incomplete)")
+            return latest
+    why = problem(path)
+    if why:
+        raise CheckpointError(f"resume={resume!r}: {why}. Use --resume=auto for the newest valid checkpoint in output_dir")
+    return path
+
+
+def prepare_resume(out: Path, resume: str, config: dict | None = None) -> Path | None:
+    """Start of every training loop: pick the checkpoint to continue from (None: start fresh) and make
+    ``out/metrics.jsonl`` hold exactly its rows (an uninterrupted run's), so rows the crashed process
+    logged after its last checkpoint go; a fresh start begins an empty file. Call before opening it."""
+    root = Path(out) / "checkpoints"
+    path = resolve(resume, root)
+    if path is None and resume == "auto":
+        print(f"resume=auto: no valid checkpoint in {root}; starting fresh")
+    elif path is None and (old := find_latest(root)) is not None:
+        # Training fresh next to them would interleave two runs' checkpoints and a later auto-resume
+        # would silently continue the wrong one.
+        raise CheckpointError(f"{root} holds checkpoints of an earlier run (newest: {old.name}); continue it with "
+                              f"--resume=auto, or start over with another --output_dir (or delete {root})")
+    prune(root, keep_last=0)  # keeps every valid checkpoint; removes interrupted writes
+    metrics, saved = Path(out) / "metrics.jsonl", path and path / "metrics.jsonl"
+    if saved and saved.exists():
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        shutil.copyfile(saved, tmp)
+        os.replace(tmp, metrics)
+    else:
+        metrics.unlink(missing_ok=True)
+    if path is not None:
+        print(f"resuming from {path}")
+        if config is not None and (path / "config.yaml").exists():
+            import yaml
+
+            for change in _changes(yaml.safe_load((path / "config.yaml").read_text()), config):
+                print(f"  note: config differs from the checkpoint's: {change}")
+    return path
+
+
+def _changes(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str) if k not in ("resume", "output_dir")
+                for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` SIGINT/SIGTERM set ``stop.signum`` so the loop can finish its step,
+    save a checkpoint and exit; a second signal stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(send it again to quit without saving)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            return self
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def load_state(path: Path) -> dict:
+    """The loop's state dict saved with the checkpoint (weights_only: a checkpoint cannot run code)."""
+    why = problem(path)
+    if why:
+        raise CheckpointError(why)
+    return torch.load(Path(path) / STATE, weights_only=True)
+
+
+def prune(root: Path, keep_last: int, keep_best: str = "") -> list[Path]:
+    """Delete all but the newest ``keep_last`` valid checkpoints, plus the best by manifest score when
+    ``keep_best`` is "max" or "min"; leftovers of interrupted writes go too. -> the deleted paths."""
+    steps = _steps(root)
+    valid = [(s, p) for s, p in steps if is_valid(p)]
+    keep = {p for _, p in valid[-keep_last:]} if keep_last > 0 else {p for _, p in valid}
+    scored = [(manifest(p)["score"], p) for _, p in valid if manifest(p).get("score") is not None]
+    if keep_best in ("max", "min") and scored:
+        keep.add((max if keep_best == "max" else min)(scored, key=lambda sp: sp[0])[1])
+    doomed = [p for _, p in steps if p not in keep]
+    doomed += [p for p in Path(root).glob("step_*") if p.name.endswith((".tmp", ".old"))]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def check_space(path: Path, need_bytes: int) -> None:
+    """Fail before training when the disk under ``path`` cannot hold one more checkpoint."""
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise CheckpointError(
+            f"{path} has {free / 2**20:.0f} MiB free but a checkpoint needs about {need_bytes / 2**20:.0f} MiB; "
+            f"free space or pick another output_dir")
+
+
+def checkpoint_bytes(model) -> int:
+    """Rough size of a GRPO/SFT/DPO checkpoint: the weights plus AdamW's two moments, with 10% slack."""
+    return int(3.3 * sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as plain lists/tensors (loadable with weights_only)."""
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    out = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
+           "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np.array(np_state["state"]["key"], dtype=np.uint32), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
