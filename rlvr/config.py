@@ -120,6 +120,13 @@ class Config:
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
     checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
     log_every: int = 1
+    # Resume: "" starts fresh, "auto" continues from the newest valid checkpoint in output_dir (fresh if
+    # none), a path continues from that checkpoint (or from the newest valid one in that run dir).
+    resume: str = ""
+    keep_last: int = 3  # resumable checkpoints kept (0: all), plus the best by keep_best_metric
+    keep_best_metric: str = ""  # a metrics.jsonl key, e.g. "reward/total"; "" keeps only the last ones
+    keep_best_mode: Literal["max", "min"] = "max"
+    max_bad_steps: int = 3  # steps in a row with a non-finite loss or gradient before the run stops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +139,6 @@ def _key_lines(text: str) -> dict[str, int]:
 
     def walk(node, prefix):
         if isinstance(node, yaml.MappingNode):
-    format_regex: str = ""  # if set, report the fraction of greedy held-out replies that fully match it
             for k, v in node.value:
                 key = f"{prefix}{k.value}"
                 lines[key] = k.start_mark.line + 1
@@ -188,13 +194,6 @@ def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -
     if tp in (int, float):
         if isinstance(value, str):
             try:
-    # Resume: "" starts fresh, "auto" continues from the newest valid checkpoint in output_dir (fresh if
-    # none), a path continues from that checkpoint (or from the newest valid one in that run dir).
-    resume: str = ""
-    keep_last: int = 3  # resumable checkpoints kept (0: all), plus the best by keep_best_metric
-    keep_best_metric: str = ""  # a metrics.jsonl key, e.g. "reward/total"; "" keeps only the last ones
-    keep_best_mode: Literal["max", "min"] = "max"
-    max_bad_steps: int = 3  # steps in a row with a non-finite loss or gradient before the run stops
                 value = yaml.safe_load(value) if tp is int else float(value)
             except (ValueError, yaml.YAMLError):
                 pass
