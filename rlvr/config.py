@@ -39,6 +39,9 @@ class DataConfig:
     test: str = ""  # held-out problems for evaluation; never used for training
     test_split: str = "test"
     question_field: str = "question"
+    # Optional format string over the row's columns, e.g. "{text}\nYour code must pass:\n{test_list}";
+    # list columns are joined with newlines. Empty: the question_field as is.
+    question_format: str = ""
     answer_field: str = "answer"
     # gsm8k: the answer follows "#### " in the answer field; auto: detect that per row
     answer_format: Literal["auto", "plain", "gsm8k"] = "auto"
@@ -46,6 +49,15 @@ class DataConfig:
     system_prompt: str | None = None
     max_prompt_tokens: int = 512
     shuffle: bool = True
+    # SFT / DPO / reward-model rows (rlvr.data.load_conversations / load_preferences)
+    prompt_field: str = "prompt"  # a string, or a list of chat messages ending with a user turn
+    response_field: str = "response"
+    messages_field: str = "messages"  # a chat: [{role, content}, ...] user/assistant alternating
+    chosen_field: str = "chosen"  # a string, or messages whose last one is the assistant's reply
+    rejected_field: str = "rejected"
+    # A Jinja chat template for a tokenizer that has none (the tiny model); saved with checkpoints
+    chat_template: str = ""
+    max_seq_tokens: int = 512  # prompt + response; a longer example is an error, never silently cut
 
 
 @dataclass
@@ -107,8 +119,61 @@ class EvalConfig:
 
 
 @dataclass
+class SFTConfig:
+    steps: int = 1000  # optimizer steps
+    seqs_per_step: int = 32  # examples (or packed rows) per optimizer step
+    micro_batch_seqs: int = 8
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    packing: bool = False  # pack whole examples into rows of data.max_seq_tokens (attention kept per example)
+    eval_every: int = 0  # held-out loss every N steps (0: before and after only)
+    eval_examples: int = 200
+    eval_max_new_tokens: int = 64  # greedy replies to held-out prompts, saved for inspection
+    format_regex: str = ""  # if set, report the fraction of greedy held-out replies that fully match it
+
+
+@dataclass
+class DPOConfig:
+    steps: int = 500
+    pairs_per_step: int = 32
+    micro_batch_pairs: int = 8
+    lr: float = 5e-7
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.1
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    # mean log-probability per response token instead of the sum (SimPO/IPO-style length normalisation)
+    length_normalize: bool = False
+    eval_every: int = 0
+    eval_pairs: int = 200
+
+
+@dataclass
+class RewardModelConfig:
+    steps: int = 500
+    pairs_per_step: int = 32
+    micro_batch_pairs: int = 8
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    center_coef: float = 0.0  # pulls mean scores toward 0 (reward centering); the BT loss ignores offsets
+    eval_every: int = 0
+    eval_pairs: int = 200
+    # GRPO recipes: the trained reward model that the `reward_model` verifier scores completions with
+    scorer: str = ""
+    scorer_batch_seqs: int = 64
+
+
+@dataclass
 class Config:
-    stage: Literal["grpo"] = "grpo"
+    stage: Literal["grpo", "sft", "dpo", "reward_model"] = "grpo"
     output_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -117,6 +182,9 @@ class Config:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0)])
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
     checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
     log_every: int = 1
@@ -269,6 +337,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def validate(cfg, source: str = "config") -> None:
     """Cross-field checks: batch-size divisibility and settings that contradict each other."""
+    _validate_stages(cfg, source)
     g = getattr(cfg, "grpo", None)
     if g is None:
         return
@@ -295,6 +364,27 @@ def validate(cfg, source: str = "config") -> None:
         raise ConfigError(f"{source}: rewards is empty; list at least one verifier, e.g. [{{verifier: math}}]")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{source}: sampler.temperature must be > 0 for RL sampling (greedy is used for eval)")
+
+
+def _validate_stages(cfg, source: str) -> None:
+    """Batch sizes of the SFT, DPO and reward-model sections: positive, and micro-batches divide steps."""
+    for sec, per_step, micro in (("sft", "seqs_per_step", "micro_batch_seqs"), ("dpo", "pairs_per_step", "micro_batch_pairs"),
+                                 ("reward_model", "pairs_per_step", "micro_batch_pairs")):
+        s = getattr(cfg, sec, None)
+        if s is None:
+            continue
+        for name in ("steps", per_step, micro):
+            if getattr(s, name) < 1:
+                raise ConfigError(f"{source}: {sec}.{name} must be at least 1, got {getattr(s, name)}")
+        if getattr(s, per_step) % getattr(s, micro):
+            raise ConfigError(f"{source}: {sec}.{per_step}={getattr(s, per_step)} is not a multiple of {sec}.{micro}="
+                              f"{getattr(s, micro)}; pick a divisor of {getattr(s, per_step)}")
+    if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
+        raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
+    uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))
+    if uses_rm and not cfg.reward_model.scorer:
+        raise ConfigError(f"{source}: rewards lists the reward_model verifier but reward_model.scorer is empty; "
+                          f"set it to a checkpoint trained with stage: reward_model")
 
 
 def to_dict(cfg) -> dict:

@@ -85,7 +85,7 @@ def parse_answer(raw, answer_format: str) -> str:
 
 
 def load_problems(source: str, split: str, question_field: str, answer_field: str, answer_format: str = "auto",
-                  id_field: str | None = None) -> list[Problem]:
+                  id_field: str | None = None, question_format: str = "") -> list[Problem]:
     if not source:
         raise DataError("no dataset given: set data.train (and data.test) in the recipe")
     problems = []
@@ -97,7 +97,15 @@ def load_problems(source: str, split: str, question_field: str, answer_field: st
                     f"set data.question_field / data.answer_field to the dataset's names")
         meta = {k: v for k, v in row.items() if k not in (question_field, answer_field)}
         pid = str(row[id_field]) if id_field and id_field in row else str(i)
-        problems.append(Problem(str(row[question_field]), parse_answer(row[answer_field], answer_format), meta, pid))
+        question = str(row[question_field])
+        if question_format:
+            cols = {k: "\n".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+            try:
+                question = question_format.format(**cols)
+            except (KeyError, IndexError, ValueError) as e:
+                raise DataError(f"{where}: data.question_format {question_format!r} cannot be filled from this row "
+                                f"({type(e).__name__}: {e}); its columns are {', '.join(map(str, row))}") from None
+        problems.append(Problem(question, parse_answer(row[answer_field], answer_format), meta, pid))
     if not problems:
         raise DataError(f"{source}: no rows")
     return problems
@@ -148,3 +156,172 @@ class PromptStream:
     def load_state(self, state: dict) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._order = self._permutation()
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations (SFT) and preference pairs (DPO, reward model)
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Conversation:
+    """A chat for SFT: an optional system message, then user/assistant turns, ending with the assistant."""
+
+    messages: list[dict]
+    where: str = ""
+
+
+@dataclass
+class Preference:
+    """One preference pair: the chat up to the user's last turn, and two different assistant replies."""
+
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    where: str = ""
+
+
+def _field(row: dict, key: str, where: str, setting: str):
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: row has no '{key}' field (it has: {', '.join(map(str, row)) or 'nothing'}); "
+                        f"set {setting} to the dataset's name for it")
+    return row[key]
+
+
+def check_messages(messages, where: str, last: str) -> list[dict]:
+    """Messages must be {role, content} dicts: an optional leading system message, then user and
+    assistant alternating from the user, ending with ``last``; no empty turns."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: message {i} must be an object with 'role' and 'content', got {m!r:.80}")
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: message {i} has role {m['role']!r}; roles are {', '.join(ROLES)}")
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise DataError(f"{where}: message {i} ({m['role']}) is empty")
+        out.append({"role": m["role"], "content": m["content"]})
+    turns = out[1:] if out[0]["role"] == "system" else out
+    for i, m in enumerate(turns):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            got = [m["role"] for m in out]
+            raise DataError(f"{where}: roles must alternate user/assistant after an optional system message, "
+                            f"got {' -> '.join(got)} (turn {i + (len(out) - len(turns))} should be {want})")
+    if not turns or turns[-1]["role"] != last:
+        raise DataError(f"{where}: the conversation must end with a {last} message, got "
+                        f"{' -> '.join(m['role'] for m in out)}")
+    return out
+
+
+def load_conversations(source: str, split: str, d) -> list[Conversation]:
+    """SFT rows: a ``d.messages_field`` chat, or ``d.prompt_field`` + ``d.response_field`` strings."""
+    if not source:
+        raise DataError("no dataset given: set data.train (and data.test) in the recipe")
+    out = []
+    for where, row in read_rows(source, split):
+        if d.messages_field in row:
+            msgs = row[d.messages_field]
+        elif d.prompt_field in row or d.response_field in row:
+            prompt = _field(row, d.prompt_field, where, "data.prompt_field")
+            response = _field(row, d.response_field, where, "data.response_field")
+            if not isinstance(response, str) or not response.strip():
+                raise DataError(f"{where}: empty response in '{d.response_field}'")
+            msgs = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + [
+                {"role": "assistant", "content": response}]
+        else:
+            raise DataError(f"{where}: row has neither '{d.messages_field}' nor '{d.prompt_field}'/'{d.response_field}' "
+                            f"(it has: {', '.join(map(str, row)) or 'nothing'}); set data.messages_field or "
+                            f"data.prompt_field / data.response_field")
+        out.append(Conversation(check_messages(msgs, where, "assistant"), where))
+    if not out:
+        raise DataError(f"{source}: no rows")
+    return out
+
+
+def _reply(value, where: str, name: str, prompt: list[dict] | None) -> tuple[list[dict] | None, str]:
+    """A chosen/rejected value -> (the chat before the reply if the value carries one, the reply).
+    A message list is either the whole conversation (UltraFeedback style) or, starting with the
+    assistant, the reply to ``prompt`` (TRL's prompt + completion style)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: empty '{name}' response")
+        return None, value
+    if isinstance(value, list) and value:
+        first = value[0].get("role") if isinstance(value[0], dict) else None
+        if first == "assistant" and prompt is None:
+            raise DataError(f"{where}: '{name}' holds only the reply, and the row has no prompt; set data.prompt_field")
+        msgs = check_messages(prompt + value if first == "assistant" else value, where + f" ('{name}')", "assistant")
+        return msgs[:-1], msgs[-1]["content"]
+    raise DataError(f"{where}: '{name}' must be a non-empty string or a list of messages, got {value!r:.80}")
+
+
+def load_preferences(source: str, split: str, d) -> list[Preference]:
+    """Preference rows: ``prompt`` (string or messages) with ``chosen``/``rejected`` replies (strings or
+    messages), or chosen/rejected as whole conversations sharing everything but the last reply."""
+    if not source:
+        raise DataError("no dataset given: set data.train (and data.test) in the recipe")
+    out = []
+    for where, row in read_rows(source, split):
+        chosen = _field(row, d.chosen_field, where, "data.chosen_field")
+        rejected = _field(row, d.rejected_field, where, "data.rejected_field")
+        prompt = row.get(d.prompt_field)
+        if prompt is None and (isinstance(chosen, str) or isinstance(rejected, str)):
+            _field(row, d.prompt_field, where, "data.prompt_field")  # string replies need a prompt: raises
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise DataError(f"{where}: empty prompt in '{d.prompt_field}'")
+            prompt = [{"role": "user", "content": prompt}]
+        elif prompt is not None:
+            prompt = check_messages(prompt, where + f" ('{d.prompt_field}')", "user")
+        ctx_c, text_c = _reply(chosen, where, d.chosen_field, prompt)
+        ctx_r, text_r = _reply(rejected, where, d.rejected_field, prompt)
+        if ctx_c is not None and ctx_r is not None and ctx_c != ctx_r:
+            raise DataError(f"{where}: '{d.chosen_field}' and '{d.rejected_field}' conversations differ before the "
+                            f"last reply; a preference pair compares two replies to the same prompt")
+        if text_c.strip() == text_r.strip():
+            raise DataError(f"{where}: chosen and rejected replies are identical; such a pair carries no preference "
+                            f"(drop the row)")
+        out.append(Preference(ctx_c or ctx_r or prompt, text_c, text_r, where))
+    if not out:
+        raise DataError(f"{source}: no rows")
+    return out
+
+
+def chat_segments(messages: list[dict], tokenizer, template: str, system: str | None = None,
+                  where: str = "") -> list[tuple[list[int], bool]]:
+    """Tokenize a chat ending with an assistant reply -> [(token ids, is_assistant)] in order.
+
+    ``chat``: the tokenizer's chat template; each assistant segment is what the template adds for that
+    reply (content and end-of-turn marker), everything between is context. Segments are tokenized
+    separately, as the sampler sees them (the prompt, then what it generates). ``plain``/``r1_zero``:
+    one user turn, rendered like an RL prompt; the reply is followed by EOS so the model learns to stop.
+    ``system`` (data.system_prompt) is added when the chat has no system message of its own."""
+    if template != "chat":
+        turns = [m for m in messages if m["role"] != "system"]
+        if len(turns) != 2:
+            raise DataError(f"{where}: a multi-turn chat needs data.template: chat (template {template!r} renders "
+                            f"one question)")
+        prompt = tokenizer(render(turns[0]["content"], template), add_special_tokens=True)["input_ids"]
+        reply = tokenizer(turns[1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return [(prompt, False), (reply, True)]
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("data.template is 'chat' but the tokenizer has no chat template; set data.chat_template "
+                        "or use template plain / r1_zero")
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    segments, done = [], ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not before.startswith(done) or not through.startswith(before):
+            raise DataError(f"{where}: the chat template does not render conversations as prefixes of each other, "
+                            f"so assistant tokens cannot be located; use a template that does")
+        segments.append((tokenizer(before[len(done):], add_special_tokens=False)["input_ids"], False))
+        segments.append((tokenizer(through[len(before):], add_special_tokens=False)["input_ids"], True))
+        done = through
+    return segments

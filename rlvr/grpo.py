@@ -235,8 +235,9 @@ def train(cfg) -> dict:
     if cfg.grpo.beta > 0:
         ref_model, _ = model_lib.load(cfg.model)
         ref_model.eval().requires_grad_(False)
-    train_set = data_lib.load_problems(d.train, d.train_split, d.question_field, d.answer_field, d.answer_format)
-    test_set = data_lib.load_problems(d.test, d.test_split, d.question_field, d.answer_field, d.answer_format)
+    load = lambda src, split: data_lib.load_problems(src, split, d.question_field, d.answer_field, d.answer_format,  # noqa: E731
+                                                     question_format=d.question_format)
+    train_set, test_set = load(d.train, d.train_split), load(d.test, d.test_split)
     test_set = test_set[: cfg.eval.problems]
     enc = lambda ps, src: data_lib.encode_prompts(ps, tok, d.template, d.max_prompt_tokens, d.system_prompt, src)  # noqa: E731
     train_prompts, test_prompts = enc(train_set, d.train), enc(test_set, d.test)

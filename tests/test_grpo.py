@@ -1,0 +1,118 @@
+"""A GRPO run end to end on the shipped tiny model: outputs, metrics, summary, determinism, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlvr.config import load_config
+from rlvr.grpo import train
+from rlvr.sampler import HFSampler
+from tests.conftest import REPO, TINY_MODEL
+
+
+def test_two_step_smoke_run_writes_every_output(tiny_overrides):
+    cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", tiny_overrides)
+    summary = train(cfg)
+    out = REPO / cfg.output_dir if not cfg.output_dir.startswith("/") else __import__("pathlib").Path(cfg.output_dir)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "final/config.json", "final/model.safetensors",
+                 "eval_initial_samples.jsonl", "eval_final_samples.jsonl"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").iterdir())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward/math", "reward/format", "reward/total", "accuracy", "response/len", "entropy", "clip_frac",
+                "grad_norm", "lr", "perf/sample_tokens_per_s", "perf/step_s", "mismatch/logprob_abs", "verifier/math_failures"):
+        assert key in rows[0], key
+    # The hf sampler shares the learner's weights, so its log-probs are the learner's up to float noise.
+    assert rows[0]["mismatch/logprob_abs"] < 1e-4
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == summary
+    for k in ("eval_initial", "eval_final"):
+        assert set(saved[k]) >= {"accuracy", "accuracy_any_format", "n"} and saved[k]["n"] == 8
+        assert 0 <= saved[k]["accuracy"] <= saved[k]["accuracy_any_format"] <= 1
+
+
+def test_same_seed_same_run(tiny_overrides, tmp_path):
+    a = train(load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, "output_dir": str(tmp_path / "a"), "grpo.steps": 1}))
+    b = train(load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, "output_dir": str(tmp_path / "b"), "grpo.steps": 1}))
+    strip = lambda s: {k: v for k, v in s.items() if k != "wall_s"}  # noqa: E731
+    assert strip(a) == strip(b)
+    ma = [{k: v for k, v in json.loads(l).items() if not k.startswith("perf/")} for l in open(tmp_path / "a" / "metrics.jsonl")]
+    mb = [{k: v for k, v in json.loads(l).items() if not k.startswith("perf/")} for l in open(tmp_path / "b" / "metrics.jsonl")]
+    assert ma == mb
+
+
+def test_a_learning_step_moves_probability_towards_rewarded_samples(tiny_overrides):
+    """One step with a large lr on a reward that prefers the R1 format must raise the format rate."""
+    from rlvr import data as data_lib, model as model_lib
+    from rlvr.grpo import make_sampler, sample_and_score, learn
+
+    cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, "rewards": "[{verifier: format}]",
+                                                             "grpo.prompts_per_step": 8, "grpo.samples_per_prompt": 8,
+                                                             "grpo.lr": 5e-4, "grpo.micro_batch_seqs": 64})
+    model, tok = model_lib.load(cfg.model)
+    problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:64]
+    prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
+    texts = [tok.decode(p) for p in prompts]
+    sampler = make_sampler(cfg, model, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.grpo.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def format_rate():
+        ro = sampler.generate(prompts[:32], 8, temperature=1.0, max_new_tokens=40, seed=123)
+        from verifiers.format import follows_format
+        return sum(map(follows_format, ro.texts)) / len(ro)
+
+    before = format_rate()
+    for step in range(1, 5):
+        batch, _ = sample_and_score(cfg, sampler, data_lib.PromptStream(len(problems), step), problems, prompts, texts, step)
+        learn(model, None, opt, sched, batch, cfg, sampler.pad_id, step)
+    after = format_rate()
+    assert after > before + 0.1, (before, after)
+
+
+def test_hf_sampler_greedy_is_deterministic_and_logprobs_are_consistent():
+    from rlvr import model as model_lib
+    from rlvr.config import ModelConfig
+
+    model, tok = model_lib.load(ModelConfig(path=str(TINY_MODEL)))
+    s = HFSampler(model, tok)
+    prompts = [tok("User: What is 12 + 30 - 5? Assistant:")["input_ids"], tok("User: Compute 40 - 11 + 2. Assistant:")["input_ids"]]
+    a = s.generate(prompts, 1, temperature=0.0, max_new_tokens=40)
+    b = s.generate(prompts, 1, temperature=0.0, max_new_tokens=40)
+    assert a.texts == b.texts and not any(a.truncated)
+    # The learner's log-probs of the sampled tokens equal the sampler's (same weights, same distribution).
+    ro = s.generate(prompts, 3, temperature=0.8, max_new_tokens=40, seed=5)
+    ids, attn, mask = model_lib.pad_batch(ro.prompt_ids, ro.completion_ids, s.pad_id)
+    with torch.no_grad():
+        logp, m = model_lib.completion_logprobs(model, ids, attn, mask, temperature=0.8)
+    for i, (p, lp) in enumerate(zip(ro.prompt_ids, ro.logprobs)):
+        assert torch.allclose(logp[i, len(p) - 1: len(p) - 1 + len(lp)], torch.tensor(lp), atol=1e-4)
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "rlvr.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["--grpo.lrr=1"], "did you mean 'grpo.lr'"),
+    (["--model.path=/nonexistent/model"], "model.path '/nonexistent/model' does not exist"),
+    (["--data.train=/nonexistent/train.jsonl"], "not found"),
+    (["--grpo.micro_batch_seqs=7"], "pick a divisor"),
+    (["--data.max_prompt_tokens=10"], "over data.max_prompt_tokens=10"),
+    (["--sampler.max_new_tokens=100000"], "exceeds the model's context"),
+])
+def test_bad_input_gets_one_paragraph_not_a_traceback(overrides, needle, tmp_path):
+    r = run_cli("recipes/tiny_zero.yaml", f"--output_dir={tmp_path}", *overrides)
+    assert r.returncode == 1
+    assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_row_without_answer_field_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2"}\n')
+    r = run_cli("recipes/tiny_zero.yaml", f"--output_dir={tmp_path}/o", f"--data.train={bad}")
+    assert r.returncode == 1 and f"{bad}:2" in r.stderr and "answer" in r.stderr, r.stderr[-2000:]
