@@ -1,0 +1,176 @@
+"""Exact resume: a CPU GRPO run SIGKILLed mid-step (or mid-checkpoint-write) and resumed equals the
+uninterrupted run bit for bit (metrics except wall-clock ``perf/*``, and final weights); plus the
+checkpoint mechanics (validity, newest-valid, retention, resume errors, failed writes).
+
+    pytest tests/test_resume.py          # about a minute on a busy 2-core box
+
+The kills use ``RLVR_CRASH_AT`` (rlvr.checkpoint.crash_point): the process SIGKILLs itself at a named
+point, so the test hits the middle of a step or of a checkpoint write every time, not by timing luck.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr import checkpoint as ckpt
+from rlvr.config import load_config
+from rlvr.grpo import train
+from tests.conftest import REPO, TINY_DATA, TINY_MODEL
+
+RECIPE = REPO / "recipes" / "tiny_zero.yaml"
+# 4 steps of 2 prompts x 4 samples: under 1 s a step on one thread; most of a run is start-up
+TINY = {"model.path": str(TINY_MODEL), "data.train": str(TINY_DATA / "train.jsonl"), "data.test": str(TINY_DATA / "test.jsonl"),
+        "grpo.steps": 4, "grpo.prompts_per_step": 2, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
+        "sampler.max_new_tokens": 16, "eval.problems": 2, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
+
+
+def cli(out: Path, *extra: str, crash_at: str = "") -> subprocess.CompletedProcess:
+    args = [f"--{k}={v}" for k, v in {**TINY, "output_dir": str(out)}.items()] + list(extra)
+    env = {**os.environ, "RLVR_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rlvr.train", str(RECIPE), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(load_config(RECIPE, {**TINY, "output_dir": str(out)}))
+    return out
+
+
+def assert_same_run(out: Path, ref: Path) -> None:
+    assert metrics(out) == metrics(ref)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    assert (out / "final" / "model.safetensors").read_bytes() == (ref / "final" / "model.safetensors").read_bytes()
+
+
+def test_sigkill_mid_step_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    killed = cli(out, crash_at="step3")  # weights already updated by step 3, its metrics not yet logged
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert ckpt.find_latest(out / "checkpoints").name == "step_2"
+    train(load_config(RECIPE, {**TINY, "output_dir": str(out), "resume": "auto"}))
+    assert_same_run(out, uninterrupted)
+
+
+def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    killed = cli(out, crash_at="save3")  # step 3's files written, its manifest not yet
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoints" / "step_3.tmp").is_dir() and not (out / "checkpoints" / "step_3").exists()
+    # metrics.jsonl already has step 3's row; resume must drop it and log step 3 again, once
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    resumed = cli(out, "--resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {out / 'checkpoints' / 'step_2'}" in resumed.stdout
+    assert not (out / "checkpoints" / "step_3.tmp").exists()
+    assert_same_run(out, uninterrupted)
+    assert (out / "final" / "config.json").is_file()  # and the HF part loads as a model.path:
+    resumed_from = load_config(RECIPE, {**TINY, "model.path": str(out / "checkpoints" / "step_2")})
+    from rlvr import model as model_lib
+
+    model_lib.load(resumed_from.model)
+
+
+# -- checkpoint mechanics, with a stand-in model (no training) ------------------------------------
+
+
+class Saveable:
+    """The save_pretrained interface of a model or tokenizer, writing one small file."""
+
+    def __init__(self, value: float = 0.0):
+        self.w = torch.full((4,), value)
+
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        torch.save(self.w, Path(path) / "weights.pt")
+
+
+def save(root, step, score=None, **kw):
+    return ckpt.save(root, step, Saveable(step), Saveable(), {"x": step}, score=score, **kw)
+
+
+def test_find_latest_skips_incomplete_and_damaged_checkpoints(tmp_path):
+    for s in (1, 2, 3):
+        save(tmp_path, s)
+    (tmp_path / "step_3" / ckpt.MANIFEST).unlink()  # as if killed before the manifest
+    with open(tmp_path / "step_2" / "weights.pt", "ab") as f:  # a file changed after the manifest
+        f.write(b"x")
+    assert ckpt.find_latest(tmp_path) == tmp_path / "step_1"
+    assert ckpt.load_state(tmp_path / "step_1")["x"] == 1
+    assert "never finished" in ckpt.problem(tmp_path / "step_3")
+    assert "wrong size" in ckpt.problem(tmp_path / "step_2")
+
+
+def test_retention_keeps_last_k_plus_best(tmp_path):
+    for s, score in [(1, 0.1), (2, 0.9), (3, 0.2), (4, 0.3), (5, 0.0)]:
+        save(tmp_path, s, score=score, keep_last=2, keep_best="max")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2", "step_4", "step_5"]
+
+
+def test_resume_setting_auto_path_and_clear_errors(tmp_path):
+    out = tmp_path / "run"
+    assert ckpt.prepare_resume(out, "auto") is None  # nothing there: starts fresh
+    save(out / "checkpoints", 1)
+    save(out / "checkpoints", 2)
+    assert ckpt.prepare_resume(out, "auto") == out / "checkpoints" / "step_2"
+    assert ckpt.resolve(str(out), out / "checkpoints") == out / "checkpoints" / "step_2"  # a run dir
+    assert ckpt.resolve(str(out / "checkpoints" / "step_1"), out) == out / "checkpoints" / "step_1"
+    with pytest.raises(ckpt.CheckpointError, match="is not a directory"):
+        ckpt.resolve(str(tmp_path / "nope"), out)
+    (out / "checkpoints" / "step_2" / ckpt.MANIFEST).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="never finished"):
+        ckpt.resolve(str(out / "checkpoints" / "step_2"), out)
+    with pytest.raises(ckpt.CheckpointError, match="--resume=auto"):  # a fresh run would mix two runs' checkpoints
+        ckpt.prepare_resume(out, "")
+
+
+def test_resume_restores_metrics_rows_of_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    ckpt.save(out / "checkpoints", 1, Saveable(), Saveable(), {}, metrics_file=out / "metrics.jsonl")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')  # the crashed process went on
+    ckpt.prepare_resume(out, "auto")
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_failed_write_leaves_no_checkpoint_and_names_the_previous(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if str(f).endswith(ckpt.STATE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ckpt.CheckpointError, match="No space left on device.*step_1"):
+        save(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1"]
+    assert ckpt.find_latest(tmp_path) == tmp_path / "step_1"
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    ckpt.save(tmp_path, 1, Saveable(), Saveable(), {"rng": ckpt.rng_state()})
+    before = random.random(), np.random.rand(), torch.rand(1).item()
+    ckpt.set_rng_state(ckpt.load_state(tmp_path / "step_1")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
