@@ -142,3 +142,17 @@ def dpo_loss(
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
     """Reward-model loss: scores (B,) -> (B,) = -log sigmoid(chosen - rejected) (InstructGPT)."""
     return -F.logsigmoid(chosen_scores - rejected_scores)
+
+
+def sequence_logprobs(logp: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
+    """Per-token log-probabilities (B, T) and mask (B, T) -> log-probability of each response (B,):
+    the sum over its tokens, or the mean per token (length-normalised, so long replies are not
+    penalised just for having more tokens)."""
+    total = (logp * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if length_normalize else total
+
+
+def preference_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Scores (B,) -> fraction of pairs where chosen scores higher, a tie counting half: a model that
+    cannot tell the two apart (e.g. a DPO policy equal to its reference) scores chance, 0.5."""
+    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()

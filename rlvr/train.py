@@ -24,9 +24,23 @@ def run(recipe: str, **overrides):
     cfg = load_config(recipe, overrides)
     if cfg.stage == "grpo":
         from rlvr.grpo import train
+    elif cfg.stage == "sft":
+        from rlvr.sft import train
+    elif cfg.stage == "dpo":
+        from rlvr.dpo import train
+    elif cfg.stage == "reward_model":
+        from rlvr.reward_model import train
     else:
         raise ConfigError(f"{recipe}: stage {cfg.stage!r} is not available")
-    return train(cfg)
+    uses_rm = cfg.stage == "grpo" and any(r.verifier == "reward_model" for r in cfg.rewards)
+    if uses_rm:  # the `reward_model` verifier holds a model, so it is registered here, in this process
+        from rlvr import reward_model
+
+        reward_model.register_verifier(cfg.reward_model)
+    summary = train(cfg)
+    if uses_rm:  # the figure of a chat-RL run: the reward model's score of held-out greedy replies
+        summary = reward_model.score_eval_samples(cfg, summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

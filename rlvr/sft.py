@@ -1,0 +1,211 @@
+"""Supervised fine-tuning: next-token loss on the assistant's tokens of chats or prompt/response pairs.
+
+    python -m rlvr.train recipes/tiny_sft.yaml          # CPU demo: teaches the tiny model a new reply format
+    python -m rlvr.train recipes/sft_warmstart.yaml     # a real chat model on a real chat dataset
+
+Rows are ``messages`` chats (system message, multi-turn) or ``prompt``/``response`` pairs
+(``rlvr.data.load_conversations``), rendered with the tokenizer's chat template (``data.template: chat``,
+``data.chat_template`` for a tokenizer without one) or as RL prompts (``plain``, ``r1_zero``). Only
+assistant tokens are targets. ``sft.packing`` packs whole examples into rows of ``data.max_seq_tokens``
+with per-example position ids, which transformers turns into per-example attention. Held-out loss (and,
+with ``sft.format_regex``, the format rate of greedy replies) is measured before and after; the final
+checkpoint (``OUTPUT_DIR/final``) is an HF model that any recipe's ``model.path`` can start from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+
+import torch
+from tqdm import tqdm
+
+from rlvr import algos, config as config_lib, data as data_lib, model as model_lib
+from rlvr.checkpoint import save_model
+from rlvr.grpo import seed_everything
+from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.sampler import HFSampler
+
+
+def load_policy(cfg):
+    """The causal LM and tokenizer, with ``data.chat_template`` installed where the tokenizer has none
+    (it is saved with every checkpoint, so later stages render chats the same way)."""
+    model, tok = model_lib.load(cfg.model)
+    if cfg.data.chat_template and not getattr(tok, "chat_template", None):
+        tok.chat_template = cfg.data.chat_template
+    return model, tok
+
+
+def optimizer_and_scheduler(model, s):
+    """AdamW with linear warmup then constant or cosine decay over ``s.steps`` (SFT, DPO and RM sections)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
+                            weight_decay=s.weight_decay, betas=(0.9, 0.99))
+
+    def factor(step):
+        warm = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
+        return warm * (0.5 * (1 + math.cos(math.pi * min(step, s.steps) / s.steps)) if s.lr_schedule == "cosine" else 1.0)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def encode(convs: list[data_lib.Conversation], tok, d) -> list[tuple[list[int], list[float], int]]:
+    """-> [(token ids, loss mask, index where the last assistant reply starts)] per conversation."""
+    out = []
+    for c in convs:
+        segs = data_lib.chat_segments(c.messages, tok, d.template, d.system_prompt, c.where)
+        ids = [t for s, _ in segs for t in s]
+        mask = [float(a) for s, a in segs for _ in s]
+        if len(ids) > d.max_seq_tokens:
+            raise data_lib.DataError(f"{c.where}: example is {len(ids)} tokens, over data.max_seq_tokens="
+                                     f"{d.max_seq_tokens}; raise it (within the model's context) or drop the row")
+        out.append((ids, mask, len(ids) - len(segs[-1][0])))
+    return out
+
+
+def make_rows(examples, packing: bool, max_len: int, seed: int) -> list[list[tuple[list[int], list[float]]]]:
+    """Examples -> training rows: one example per row, or (packing) whole examples first-fit into rows of
+    at most max_len tokens, in a seeded shuffled order; an example is never split across rows."""
+    if not packing:
+        return [[(ids, mask)] for ids, mask, _ in examples]
+    order = list(range(len(examples)))
+    torch.manual_seed(seed)
+    order = [order[i] for i in torch.randperm(len(order)).tolist()]
+    rows, lens = [], []
+    for i in order:
+        ids, mask, _ = examples[i]
+        j = next((k for k, n in enumerate(lens) if n + len(ids) <= max_len), None)
+        if j is None:
+            rows.append([]), lens.append(0)
+            j = len(rows) - 1
+        rows[j].append((ids, mask))
+        lens[j] += len(ids)
+    return rows
+
+
+def collate(rows, pad_id: int):
+    """Rows of examples -> ids (B, L), attention (B, L) or None when packed, position ids (B, L), mask (B, L).
+
+    A packed batch passes no attention mask: transformers reads the restarting position ids as example
+    boundaries and keeps attention within each example. The padding tail is one more such "example"."""
+    L = max(sum(len(ids) for ids, _ in r) for r in rows)
+    B = len(rows)
+    ids, pos = torch.full((B, L), pad_id, dtype=torch.long), torch.zeros((B, L), dtype=torch.long)
+    attn, mask = torch.zeros((B, L), dtype=torch.long), torch.zeros((B, L))
+    packed = any(len(r) > 1 for r in rows)
+    for b, r in enumerate(rows):
+        at = 0
+        for e_ids, e_mask in r:
+            n = len(e_ids)
+            ids[b, at:at + n], mask[b, at:at + n] = torch.tensor(e_ids), torch.tensor(e_mask)
+            pos[b, at:at + n], attn[b, at:at + n] = torch.arange(n), 1
+            at += n
+        pos[b, at:] = torch.arange(L - at)
+    return ids, (None if packed else attn), pos, mask
+
+
+def nll_sum(model, ids, attn, pos, mask) -> tuple[torch.Tensor, float]:
+    """Summed negative log-likelihood of the masked target tokens, and their count. Only target
+    positions go through the LM head (large vocabularies)."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    sel = mask[:, 1:].bool()
+    logits = model.get_output_embeddings()(hidden[:, :-1][sel])
+    return -algos.token_logprobs(logits, ids[:, 1:][sel]).sum(), float(sel.sum())
+
+
+@torch.no_grad()
+def heldout_loss(model, rows, pad_id: int, micro: int) -> float:
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0.0
+    for s in range(0, len(rows), micro):
+        loss, k = nll_sum(model, *collate(rows[s:s + micro], pad_id))
+        total, n = total + loss.item(), n + k
+    model.train(was)
+    return total / max(n, 1.0)
+
+
+def greedy_replies(cfg, model, tok, convs, examples, out_dir=None, tag="eval") -> dict:
+    """Greedy replies to held-out chats (everything before the last assistant turn): how often they
+    match ``sft.format_regex`` and the reference reply exactly; saved to TAG_samples.jsonl."""
+    sampler = HFSampler(model, tok, batch_seqs=cfg.sampler.batch_seqs)
+    ro = sampler.generate([ids[:start] for ids, _, start in examples], 1, temperature=0.0,
+                          max_new_tokens=cfg.sft.eval_max_new_tokens, seed=cfg.seed)
+    refs = [c.messages[-1]["content"].strip() for c in convs]
+    got = [t.strip() for t in ro.texts]
+    fmt = [bool(re.fullmatch(cfg.sft.format_regex, t)) for t in got] if cfg.sft.format_regex else []
+    if out_dir is not None:
+        with open(out_dir / f"{tag}_samples.jsonl", "w") as f:
+            for c, t, r in zip(convs, got, refs):
+                f.write(json.dumps({"where": c.where, "reply": t, "reference": r}) + "\n")
+    out = {"exact_match": sum(a == b for a, b in zip(got, refs)) / len(refs), "n": len(refs)}
+    if fmt:
+        out["format_rate"] = sum(fmt) / len(fmt)
+    return out
+
+
+def train(cfg) -> dict:
+    t_start = time.time()
+    out = prepare_output_dir(cfg.output_dir)
+    (out / "config.yaml").write_text(config_lib.dump(cfg))
+    seed_everything(cfg.seed)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    d, s = cfg.data, cfg.sft
+    model, tok = load_policy(cfg)
+    train_convs = data_lib.load_conversations(d.train, d.train_split, d)
+    train_ex = encode(train_convs, tok, d)
+    rows = make_rows(train_ex, s.packing, d.max_seq_tokens, cfg.seed)
+    test_convs, test_ex, test_rows = [], [], []
+    if d.test:
+        test_convs = data_lib.load_conversations(d.test, d.test_split, d)[: s.eval_examples]
+        test_ex = encode(test_convs, tok, d)
+        test_rows = make_rows(test_ex, False, d.max_seq_tokens, cfg.seed)
+    pad = tok.pad_token_id
+    summary: dict = {"train_examples": len(train_ex), "train_rows": len(rows)}
+
+    def evaluate(tag):
+        if not test_rows:
+            return {}
+        ev = {"heldout_loss": heldout_loss(model, test_rows, pad, s.micro_batch_seqs)}
+        ev.update(greedy_replies(cfg, model, tok, test_convs, test_ex, out, tag))
+        print(f"{tag}: {ev}")
+        return ev
+
+    summary["eval_initial"] = evaluate("eval_initial")
+    opt, sched = optimizer_and_scheduler(model, s)
+    logger = MetricsLogger(out)
+    stream = data_lib.PromptStream(len(rows), cfg.seed, d.shuffle)
+    model.train()
+    bar = tqdm(range(1, s.steps + 1), desc="sft", dynamic_ncols=True)
+    for step in bar:
+        t0 = time.time()
+        batch = [rows[i] for i in stream.take(s.seqs_per_step)]
+        micro = [collate(batch[i:i + s.micro_batch_seqs], pad) for i in range(0, len(batch), s.micro_batch_seqs)]
+        # Token mean over the whole optimizer step: every assistant token weighs the same.
+        n_tok = sum(float(mb[3][:, 1:].sum()) for mb in micro)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for mb in micro:
+            loss, _ = nll_sum(model, *mb)
+            (loss / max(n_tok, 1.0)).backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+        if torch.isfinite(grad_norm):
+            opt.step()
+        sched.step()
+        m = {"loss": total / max(n_tok, 1.0), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
+             "tokens": n_tok, "perf/step_s": time.time() - t0}
+        if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_rows:
+            m["eval/heldout_loss"] = heldout_loss(model, test_rows, pad, s.micro_batch_seqs)
+        logger.log(step, m)
+        bar.set_postfix(loss=f"{m['loss']:.3f}")
+    bar.close()
+    summary["eval_final"] = evaluate("eval_final")
+    save_model(model, tok, out / "final")
+    summary.update(steps=s.steps, wall_s=round(time.time() - t_start, 1))
+    write_json_atomic(out / "summary.json", summary)
+    logger.close()
+    print(f"sft done: {summary}  (checkpoint: {out / 'final'})")
+    return summary
