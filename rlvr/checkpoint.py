@@ -131,6 +131,35 @@ def save(root: Path, step: int, model, tokenizer, state: dict, *, config_text: s
     return path
 
 
+def save_run(cfg, out: Path, step: int, model, tokenizer, state: dict, score: float | None = None) -> Path:
+    """``save`` as every training loop calls it: into ``out/checkpoints`` with the run's config, its
+    metrics so far and the retention settings (``keep_last``, ``keep_best_*``) of ``cfg``."""
+    from rlvr import config as config_lib
+
+    return save(Path(out) / "checkpoints", step, model, tokenizer, state, config_text=config_lib.dump(cfg),
+                metrics_file=Path(out) / "metrics.jsonl", score=score, keep_last=cfg.keep_last,
+                keep_best=cfg.keep_best_mode if cfg.keep_best_metric else "")
+
+
+def loop_state(optimizer, scheduler, stream, **extra) -> dict:
+    """What a loop saves besides the weights: optimizer, scheduler, data position (a PromptStream),
+    RNG states, and ``extra`` (which may also override any of these)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": stream.state(),
+            "rng": rng_state(), **extra}
+
+
+def restore(path: Path, optimizer, scheduler, stream) -> dict:
+    """Load a ``loop_state`` saved in checkpoint ``path`` back into its objects, RNG states included:
+    call it last before the loop, once nothing else will draw random numbers. -> the whole state
+    (``state["step"]``, the extras)."""
+    state = load_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    stream.load_state(state["data"])
+    set_rng_state(state["rng"])
+    return state
+
+
 def manifest(path: Path) -> dict | None:
     try:
         return json.loads((Path(path) / MANIFEST).read_text())

@@ -262,35 +262,28 @@ def train(cfg) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     if resume_from:
-        state = ckpt.load_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stream.load_state(state["data"])
+        state = ckpt.restore(resume_from, optimizer, scheduler, stream)
         summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
-        ckpt.set_rng_state(state["rng"])  # last: loading above may draw random numbers
     else:
         summary, bad_steps, first = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_initial")}, 0, 1
         print(f"initial greedy eval: {summary['eval_initial']}")
     logger = MetricsLogger(out)
 
-    def save(step, data_state, rng, score=None):
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": data_state,
-                 "rng": rng, "summary": summary, "bad_steps": bad_steps}
-        return ckpt.save(out / "checkpoints", step, model, tok, state, config_text=config_lib.dump(cfg),
-                         metrics_file=out / "metrics.jsonl", score=score, keep_last=cfg.keep_last,
-                         keep_best=cfg.keep_best_mode if cfg.keep_best_metric else "")
+    def save(step, score=None, **at):
+        state = ckpt.loop_state(optimizer, scheduler, stream, summary=summary, bad_steps=bad_steps, **at)
+        return ckpt.save_run(cfg, out, step, model, tok, state, score)
 
     bar = tqdm(range(first, g.steps + 1), desc="grpo", dynamic_ncols=True, initial=first - 1, total=g.steps)
     with ckpt.StopRequest() as stop:
         for step in bar:
             t0 = time.time()
-            at_start = stream.state(), ckpt.rng_state()  # with the untouched weights: a checkpoint of step - 1
+            at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: a checkpoint of step - 1
             try:
                 batch, metrics = sample_and_score(cfg, sampler, stream, train_set, train_prompts, train_texts, step)
             except SamplerCrash as e:
                 traceback.print_exc()
                 prev = out / "checkpoints" / f"step_{step - 1}"
-                path = prev if ckpt.is_valid(prev) else save(step - 1, *at_start)
+                path = prev if ckpt.is_valid(prev) else save(step - 1, **at_start)
                 raise ckpt.RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto") from e
             if batch is not None:
                 t1 = time.time()
@@ -318,7 +311,7 @@ def train(cfg) -> dict:
                            f"({bad_steps} such step(s) in a row; the run stops at max_bad_steps={cfg.max_bad_steps})")
             due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps
             if due or stop.signum or bad_steps >= cfg.max_bad_steps:
-                path = save(step, stream.state(), ckpt.rng_state(), metrics.get(cfg.keep_best_metric))
+                path = save(step, metrics.get(cfg.keep_best_metric))
             if bad_steps >= cfg.max_bad_steps:
                 raise ckpt.RunStopped(
                     f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
