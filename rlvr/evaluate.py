@@ -556,6 +556,8 @@ def evaluate(model: str | None = None, dataset: str | None = None, data_path: st
         raise ConfigError("give exactly one of --model PATH (generate), --predictions FILE (grade existing "
                           "completions) or --grade_references (grade the dataset's reference solutions)")
     ks = _parse_ks(k)
+    if backend not in ("hf", "vllm"):
+        raise ConfigError(f"--backend {backend!r}: choose hf or vllm")
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     problems, spec = load_benchmark(dataset, data_path, question_field=question_field, answer_field=answer_field,
@@ -599,7 +601,10 @@ def evaluate(model: str | None = None, dataset: str | None = None, data_path: st
         if context and max(map(len, prompts)) + max_new_tokens > context:
             raise DataError(f"the longest prompt ({max(map(len, prompts))} tokens) plus --max_new_tokens={max_new_tokens} "
                             f"exceeds the model's context of {context} tokens; lower --max_new_tokens")
-        sampler = grpo.make_sampler(cfg, lm, tok)
+        try:
+            sampler = grpo.make_sampler(cfg, lm, tok)
+        except ImportError as e:  # the vllm backend is optional: say what is missing, not where
+            raise ConfigError(f"--backend {backend} is not available here ({e}); use --backend hf") from None
         summary = evaluate_problems(
             sampler, problems, prompts, verifier=verifier, n=n, k=ks, temperature=temperature, top_p=top_p,
             max_new_tokens=max_new_tokens, seed=seed, greedy=greedy, timeout_s=timeout,
