@@ -14,12 +14,14 @@ chosen/rejected log-probabilities, and ``policy_accuracy`` (the policy itself ra
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from tqdm import tqdm
 
 from rlvr import algos, config as config_lib, data as data_lib, model as model_lib
+from rlvr import checkpoint as ckpt
 from rlvr.checkpoint import save_model
 from rlvr.grpo import seed_everything
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
@@ -79,12 +81,15 @@ def evaluate(model, enc, ref, cfg, pad_id) -> dict:
 def train(cfg) -> dict:
     t_start = time.time()
     out = prepare_output_dir(cfg.output_dir)
+    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
     (out / "config.yaml").write_text(config_lib.dump(cfg))
     seed_everything(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     d, s = cfg.data, cfg.dpo
-    model, tok = load_policy(cfg)
+    # A checkpoint is an HF model directory: the policy continues from it (the DPO reference stays the base).
+    model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))
+                             if resume_from else cfg)
     pad = tok.pad_token_id
     train_pairs = data_lib.load_preferences(d.train, d.train_split, d)
     test_pairs = data_lib.load_preferences(d.test, d.test_split, d)[: s.eval_pairs] if d.test else []
@@ -104,15 +109,19 @@ def train(cfg) -> dict:
                                  s.length_normalize) if test_pairs else None
         del ref_model
     summary: dict = {"train_pairs": len(train_pairs), "reference_s": round(time.time() - t0, 1)}
-    if test_pairs:
+    if test_pairs and not resume_from:
         summary["eval_initial"] = evaluate(model, test_enc, ref_test, cfg, pad)
         print(f"initial held-out: {summary['eval_initial']}")
 
     opt, sched = optimizer_and_scheduler(model, s)
     logger = MetricsLogger(out)
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
+    first = 1
+    if resume_from:  # last before the loop: it restores the RNG states too
+        state = ckpt.restore(resume_from, opt, sched, stream)
+        summary, first = state["summary"], state["step"] + 1
     model.train()
-    bar = tqdm(range(1, s.steps + 1), desc="dpo", dynamic_ncols=True)
+    bar = tqdm(range(first, s.steps + 1), desc="dpo", dynamic_ncols=True, initial=first - 1, total=s.steps)
     for step in bar:
         t0 = time.time()
         rows = stream.take(s.pairs_per_step)
@@ -134,8 +143,11 @@ def train(cfg) -> dict:
         m.update({"grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "perf/step_s": time.time() - t0})
         if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_pairs:
             m.update({f"eval/{k}": v for k, v in evaluate(model, test_enc, ref_test, cfg, pad).items() if k != "n"})
+        ckpt.crash_point(f"step{step}")
         logger.log(step, m)
         bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != s.steps:
+            ckpt.save_run(cfg, out, step, model, tok, ckpt.loop_state(opt, sched, stream, summary=summary))
     bar.close()
     if test_pairs:
         summary["eval_final"] = evaluate(model, test_enc, ref_test, cfg, pad)

@@ -14,6 +14,7 @@ checkpoint (``OUTPUT_DIR/final``) is an HF model that any recipe's ``model.path`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import algos, config as config_lib, data as data_lib, model as model_lib
+from rlvr import checkpoint as ckpt
 from rlvr.checkpoint import save_model
 from rlvr.grpo import seed_everything
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
@@ -69,9 +71,7 @@ def make_rows(examples, packing: bool, max_len: int, seed: int) -> list[list[tup
     at most max_len tokens, in a seeded shuffled order; an example is never split across rows."""
     if not packing:
         return [[(ids, mask)] for ids, mask, _ in examples]
-    order = list(range(len(examples)))
-    torch.manual_seed(seed)
-    order = [order[i] for i in torch.randperm(len(order)).tolist()]
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     rows, lens = [], []
     for i in order:
         ids, mask, _ = examples[i]
@@ -148,12 +148,15 @@ def greedy_replies(cfg, model, tok, convs, examples, out_dir=None, tag="eval") -
 def train(cfg) -> dict:
     t_start = time.time()
     out = prepare_output_dir(cfg.output_dir)
+    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
     (out / "config.yaml").write_text(config_lib.dump(cfg))
     seed_everything(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     d, s = cfg.data, cfg.sft
-    model, tok = load_policy(cfg)
+    # A checkpoint is an HF model directory: the policy continues from it.
+    model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))
+                             if resume_from else cfg)
     train_convs = data_lib.load_conversations(d.train, d.train_split, d)
     train_ex = encode(train_convs, tok, d)
     rows = make_rows(train_ex, s.packing, d.max_seq_tokens, cfg.seed)
@@ -173,12 +176,17 @@ def train(cfg) -> dict:
         print(f"{tag}: {ev}")
         return ev
 
-    summary["eval_initial"] = evaluate("eval_initial")
+    if not resume_from:
+        summary["eval_initial"] = evaluate("eval_initial")
     opt, sched = optimizer_and_scheduler(model, s)
     logger = MetricsLogger(out)
     stream = data_lib.PromptStream(len(rows), cfg.seed, d.shuffle)
+    first = 1
+    if resume_from:  # last before the loop: it restores the RNG states too
+        state = ckpt.restore(resume_from, opt, sched, stream)
+        summary, first = state["summary"], state["step"] + 1
     model.train()
-    bar = tqdm(range(1, s.steps + 1), desc="sft", dynamic_ncols=True)
+    bar = tqdm(range(first, s.steps + 1), desc="sft", dynamic_ncols=True, initial=first - 1, total=s.steps)
     for step in bar:
         t0 = time.time()
         batch = [rows[i] for i in stream.take(s.seqs_per_step)]
@@ -199,8 +207,11 @@ def train(cfg) -> dict:
              "tokens": n_tok, "perf/step_s": time.time() - t0}
         if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_rows:
             m["eval/heldout_loss"] = heldout_loss(model, test_rows, pad, s.micro_batch_seqs)
+        ckpt.crash_point(f"step{step}")
         logger.log(step, m)
         bar.set_postfix(loss=f"{m['loss']:.3f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != s.steps:
+            ckpt.save_run(cfg, out, step, model, tok, ckpt.loop_state(opt, sched, stream, summary=summary))
     bar.close()
     summary["eval_final"] = evaluate("eval_final")
     save_model(model, tok, out / "final")

@@ -86,6 +86,28 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted
     model_lib.load(resumed_from.model)
 
 
+STAGES = {
+    "sft": ("tiny_sft.yaml", {"sft.steps": 4, "sft.seqs_per_step": 4, "sft.micro_batch_seqs": 4, "sft.eval_examples": 2,
+                              "sft.eval_max_new_tokens": 8}),
+    "dpo": ("tiny_dpo.yaml", {"dpo.steps": 4, "dpo.pairs_per_step": 4, "dpo.micro_batch_pairs": 4, "dpo.eval_pairs": 2}),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_sft_and_dpo_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_path):
+    recipe, over = STAGES[stage]
+    over = {**over, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    train_stage = __import__(f"rlvr.{stage}", fromlist=["train"]).train
+    train_stage(load_config(REPO / "recipes" / recipe, {**over, "output_dir": str(ref)}))
+    args = [f"--{k}={v}" for k, v in {**over, "output_dir": str(out)}.items()]
+    killed = subprocess.run([sys.executable, "-m", "rlvr.train", str(REPO / "recipes" / recipe), *args], cwd=REPO,
+                            env={**os.environ, "RLVR_CRASH_AT": "step3"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    train_stage(load_config(REPO / "recipes" / recipe, {**over, "output_dir": str(out), "resume": "auto"}))
+    assert_same_run(out, ref)
+
+
 # -- checkpoint mechanics, with a stand-in model (no training) ------------------------------------
 
 
