@@ -172,6 +172,17 @@ class RewardModelConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """The distributed learner (rlvr.learner, rlvr.dist): launch with torchrun or deepspeed for N ranks."""
+
+    zero_stage: int = 0  # 0: plain torch (any number of ranks); 2: shard grads + Adam state; 3: weights too
+    offload_optimizer: bool = False  # ZeRO: Adam state and step in CPU memory
+    # Free-form DeepSpeed JSON merged over rlvr's (rlvr.learner.deepspeed_json), e.g.
+    # {zero_optimization: {stage3_param_persistence_threshold: 0}}
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     stage: Literal["grpo", "sft", "dpo", "reward_model"] = "grpo"
     output_dir: str = "runs/default"
@@ -185,6 +196,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
     checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
     log_every: int = 1
@@ -253,6 +265,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]", source, lines) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:  # free-form mappings (deepspeed.config): YAML on the command line
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -379,6 +397,9 @@ def _validate_stages(cfg, source: str) -> None:
         if getattr(s, per_step) % getattr(s, micro):
             raise ConfigError(f"{source}: {sec}.{per_step}={getattr(s, per_step)} is not a multiple of {sec}.{micro}="
                               f"{getattr(s, micro)}; pick a divisor of {getattr(s, per_step)}")
+    ds = getattr(cfg, "deepspeed", None)
+    if ds is not None and ds.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: deepspeed.zero_stage must be 0 (plain torch), 1, 2 or 3, got {ds.zero_stage}")
     if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
         raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
     uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))

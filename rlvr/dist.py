@@ -1,0 +1,105 @@
+"""Processes: one code path for 1 and N ranks. At world size 1 there is no process group and every
+call here is a cheap no-op, so single-process runs need no launcher and no DeepSpeed.
+
+Launch (one machine, 2 processes; gloo on CPU, nccl on CUDA):
+
+    torchrun --nproc_per_node 2 -m rlvr.train recipes/tiny_zero.yaml --deepspeed.zero_stage=2
+    deepspeed --num_gpus 8 -m rlvr.train recipes/r1_zero.yaml --deepspeed.zero_stage=3
+
+Both launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which is all ``init``
+reads. ``deepspeed.zero_stage``: 0 is plain torch (gradients all-reduced by ``rlvr.learner``), 2
+shards gradients and optimizer state, 3 also shards the weights (``deepspeed.offload_optimizer``
+moves optimizer state and the Adam step to CPU memory); ``deepspeed.config`` is a free-form mapping
+merged over rlvr's DeepSpeed JSON (see ``rlvr.learner.deepspeed_json``).
+
+Multi-node: the same command on every node, with a rendezvous the nodes can reach,
+
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST0:29500 \\
+        -m rlvr.train recipes/r1_zero.yaml --deepspeed.zero_stage=3
+
+or one command on the first node with a DeepSpeed hostfile (lines ``node0 slots=8``; passwordless
+ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What changes in the recipe:
+``deepspeed.zero_stage`` (2 while the weights, gradients and Adam state fit one GPU at 1/N of the
+gradients and state; 3 beyond), and the batch sizes, which stay *global*: each rank takes
+``grpo.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
+of the number of ranks and the micro-batch count per rank equal (ZeRO reduces inside backward, so
+every rank must call it the same number of times). The vLLM sampler can split one engine over a
+node's GPUs with ``sampler.tensor_parallel_size`` (then run one learner process per node's engine
+group, or colocate: each rank's engine on its own GPU with tensor_parallel_size 1).
+
+The loss stays exact across ranks: each rank divides its ``algos.masked_sum`` by the *global*
+``algos.loss_denominator`` (``all_reduce_sum`` of the ranks' token or sequence counts), and the
+learner sums (never averages) gradients over ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as tdist
+
+T = TypeVar("T")
+
+
+def init() -> None:
+    """Join the process group the launcher describes; nothing at world size 1. Idempotent."""
+    if world_size() == 1 or tdist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def world_size() -> int:
+    # The environment, not the process group, so this is right before init() too.
+    return tdist.get_world_size() if tdist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (and return it); identity at world size 1."""
+    if world_size() > 1:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def global_sum(x: float) -> float:
+    """A Python number summed over ranks, e.g. the loss denominator or a metric's token count."""
+    return float(all_reduce_sum(torch.tensor(float(x), dtype=torch.float64, device=device()))) if world_size() > 1 else float(x)
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``t`` with rank ``src``'s copy, in place; identity at world size 1."""
+    if world_size() > 1:
+        tdist.broadcast(t, src)
+    return t
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        tdist.barrier()
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share, rank-strided: rank r of N gets items r, r+N, r+2N, ... Shard *prompts*, not
+    completions, so each GRPO group (and its advantage baseline) stays on one rank."""
+    return list(items[rank()::world_size()])
+
+
+def device() -> torch.device:
+    """Where collectives' tensors live: the local GPU under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
