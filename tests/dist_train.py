@@ -4,8 +4,9 @@ reference.
 
     torchrun --standalone --nproc_per_node 2 tests/dist_train.py OUT_DIR 0,2,3
 
-writes OUT_DIR/stage{S}.json (per-step global loss and grad norm) and OUT_DIR/hf_stage{S}/ (the
-consolidated HF checkpoint) for each ZeRO stage S (0: plain torch).
+writes OUT_DIR/stage{S}.json (per-step global loss and grad norm; one more step continued and resumed
+from saved state) and OUT_DIR/hf_stage{S}/ (the consolidated HF checkpoint) for each ZeRO stage S
+(0: plain torch).
 """
 
 from __future__ import annotations
@@ -40,29 +41,41 @@ def fixed_data(step: int):
     return ids, attn, mask, old, adv
 
 
+def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float]:
+    """One optimizer step on `step`'s batch, this rank's rows of it -> (global loss, grad norm)."""
+    ids, attn, mask, old, adv = fixed_data(step)
+    rows = dist.shard(range(SEQS))  # rank-strided: this rank's sequences of the global batch
+    denom = dist.global_sum(algos.loss_denominator(mask[rows, 1:], agg))
+    local = 0.0
+    for s in range(0, len(rows), MICRO):
+        mb = rows[s:s + MICRO]
+        logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb])
+        pg, _ = algos.clipped_surrogate(logp, old[mb], adv[mb], 0.2, 0.28)
+        loss = algos.masked_sum(pg, m, agg, 12) / denom
+        learner.backward(loss)
+        local += float(loss.detach())
+    loss, norm = dist.global_sum(local), learner.step()
+    learner.scheduler.step()
+    return loss, norm
+
+
 def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_mean") -> dict:
+    def make(path):
+        model, tok = model_lib.load(ModelConfig(path=str(path)))
+        return Learner(model, DeepSpeedConfig(zero_stage=stage, config=extra or {}), lr=5e-4, max_grad_norm=1.0,
+                       lr_lambda=lambda s: 1.0 / (1 + s)), tok
+
     torch.manual_seed(0)
-    model, tok = model_lib.load(ModelConfig(path=str(REPO / "rlvr" / "tiny" / "model")))
-    learner = Learner(model, DeepSpeedConfig(zero_stage=stage, config=extra or {}), lr=5e-4, max_grad_norm=1.0,
-                      lr_lambda=lambda s: 1.0 / (1 + s))
-    losses, norms = [], []
-    for step in range(STEPS):
-        ids, attn, mask, old, adv = fixed_data(step)
-        rows = dist.shard(range(SEQS))  # rank-strided: this rank's sequences of the global batch
-        denom = dist.global_sum(algos.loss_denominator(mask[rows, 1:], agg))
-        local = 0.0
-        for s in range(0, len(rows), MICRO):
-            mb = rows[s:s + MICRO]
-            logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb])
-            pg, _ = algos.clipped_surrogate(logp, old[mb], adv[mb], 0.2, 0.28)
-            loss = algos.masked_sum(pg, m, agg, 12) / denom
-            learner.backward(loss)
-            local += float(loss.detach())
-        losses.append(dist.global_sum(local))
-        norms.append(learner.step())
-        learner.scheduler.step()
+    learner, tok = make(REPO / "rlvr" / "tiny" / "model")
+    losses, norms = map(list, zip(*(one_step(learner, step, agg) for step in range(STEPS))))
     learner.save_hf(out / f"hf_stage{stage}", tok)
-    result = {"losses": losses, "grad_norms": norms, "world_size": dist.world_size()}
+    # Resume: a new learner from the HF checkpoint and the saved optimizer/scheduler state takes the next
+    # step exactly as the learner that wrote them does.
+    learner.save_state(out / f"state_stage{stage}")
+    resumed, _ = make(out / f"hf_stage{stage}")
+    resumed.load_state(out / f"state_stage{stage}")
+    result = {"losses": losses, "grad_norms": norms, "world_size": dist.world_size(),
+              "continued": one_step(learner, STEPS, agg), "resumed": one_step(resumed, STEPS, agg)}
     if dist.is_main():
         (out / f"stage{stage}.json").write_text(json.dumps(result))
     return result
