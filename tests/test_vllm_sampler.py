@@ -45,7 +45,14 @@ def setup():
     text = "User: Find the value of 12 + 30 - 7. Show your work. " * 12 + "Assistant: <think>"
     prompt = tok(text)["input_ids"][:200]
     assert len(prompt) > 128
-    return model, sampler, prompt
+    yield model, sampler, prompt
+    # The in-process engine set up a (1-process) torch.distributed group; later tests in this
+    # process must not inherit it.
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    del sampler.llm
+    cleanup_dist_env_and_memory()
+    assert not torch.distributed.is_initialized()
 
 
 def engine_seq_logprobs(sampler, seq) -> torch.Tensor:
