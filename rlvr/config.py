@@ -113,6 +113,7 @@ class GRPOConfig:
 class EvalConfig:
     problems: int = 200  # held-out problems scored greedily before and after training
     every_steps: int = 0  # also evaluate every N steps (0: only before and after)
+    samples: int = 0  # with every_steps: also sample N completions per problem for pass@1 / pass@N
     max_new_tokens: int = 0  # 0: the sampler's
     verifier: str = "math"  # judges the final answer (accuracy_any_format)
     format_verifier: str = "format"  # also required for `accuracy`; "" to count the answer alone

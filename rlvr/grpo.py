@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, model as model_lib, rewards as rewards_lib
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.evaluate import evaluate_problems, plot_run
 from rlvr.sampler import HFSampler, Rollout
 
 
@@ -110,19 +111,29 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
 def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int, step: int) -> dict:
     """loss -> step: passes x optimizer steps over the batch, micro-batched, exact loss normalisation."""
     g, T = cfg.grpo, cfg.sampler.temperature
-    ro, B = batch.rollout, len(batch.rollout)
-    ids, attn, mask = model_lib.pad_batch(ro.prompt_ids, ro.completion_ids, pad_id)
+    ro, B, G = batch.rollout, len(batch.rollout), cfg.grpo.samples_per_prompt
     device = next(model.parameters()).device
-    old = torch.zeros(B, ids.shape[1] - 1)  # sampler log-probs aligned with completion_logprobs' outputs
-    for i, (p, lp) in enumerate(zip(ro.prompt_ids, ro.logprobs)):
-        old[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
-    ids, attn, mask, old, adv = ids.to(device), attn.to(device), mask.to(device), old.to(device), batch.advantages.to(device)
+    Tc = max(map(len, ro.completion_ids))
+    old = torch.zeros(B, Tc)  # sampler log-probs, column j = completion token j
+    for i, lp in enumerate(ro.logprobs):
+        old[i, : len(lp)] = torch.tensor(lp)
+    old, adv = old.to(device), batch.advantages.to(device)
+    mask = (torch.arange(Tc)[None, :] < torch.tensor([len(c) for c in ro.completion_ids])[:, None]).float().to(device)
+    # Micro-batches hold whole groups when they can, so each prompt's forward is shared by its samples.
+    share = G if g.micro_batch_seqs % G == 0 else 1
+
+    def logprobs(m, rows, **kw):
+        return model_lib.grouped_logprobs(m, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
+                                          share, pad_id, T, **kw)
+
     ref = None
     if ref_model is not None:
         with torch.no_grad():
-            ref = torch.cat([model_lib.completion_logprobs(ref_model, ids[s:s + g.micro_batch_seqs], attn[s:s + g.micro_batch_seqs],
-                                                           mask[s:s + g.micro_batch_seqs], T)[0]
-                             for s in range(0, B, g.micro_batch_seqs)])
+            ref = torch.zeros(B, Tc, device=device)
+            for s in range(0, B, g.micro_batch_seqs):
+                rows = list(range(s, min(s + g.micro_batch_seqs, B)))
+                lp = logprobs(ref_model, rows)[0]
+                ref[rows, : lp.shape[1]] = lp
     per_opt = math.ceil(B / g.optimizer_steps_per_pass)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     sums: dict[str, float] = {}
@@ -132,19 +143,20 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
         sums[k] = sums.get(k, 0.0) + float(v)
 
     for pass_ in range(g.passes_per_step):
-        order = torch.randperm(B, generator=gen)
+        order = (torch.randperm(B // G, generator=gen)[:, None] * G + torch.arange(G)).view(-1)  # shuffle whole groups
         for o, start in enumerate(range(0, B, per_opt)):
             rows = order[start:start + per_opt]
-            denom = algos.loss_denominator(mask[rows, 1:], g.loss_agg)
+            denom = algos.loss_denominator(mask[rows], g.loss_agg)
             optimizer.zero_grad(set_to_none=True)
             finite = True
             for s in range(0, len(rows), g.micro_batch_seqs):
                 mb = rows[s:s + g.micro_batch_seqs]
-                logp, m, ent = model_lib.completion_logprobs(model, ids[mb], attn[mb], mask[mb], T, with_entropy=True)
-                pg, clipped = algos.clipped_surrogate(logp, old[mb], adv[mb], g.clip_low, g.clip_high)
+                logp, m, ent = logprobs(model, mb.tolist(), with_entropy=True)
+                w = m.shape[1]  # this micro-batch's longest completion
+                pg, clipped = algos.clipped_surrogate(logp, old[mb, :w], adv[mb], g.clip_low, g.clip_high)
                 per_tok = pg
                 if ref is not None:
-                    kl = algos.kl_estimate(logp, ref[mb], g.kl_estimator)
+                    kl = algos.kl_estimate(logp, ref[mb, :w], g.kl_estimator)
                     per_tok = per_tok + g.beta * kl
                     add("kl", (kl.detach() * m).sum())
                 if g.entropy_coef:
@@ -157,7 +169,7 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
                 add("clip_frac", (clipped * m).sum())
                 add("entropy", (ent * m).sum())
                 if pass_ == 0 and o == 0:  # weights untouched yet: learner vs sampler on the same tokens
-                    add("mismatch/logprob_abs", ((logp.detach() - old[mb]).abs() * m).sum())
+                    add("mismatch/logprob_abs", ((logp.detach() - old[mb, :w]).abs() * m).sum())
                     add("mismatch/tokens", m.sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
             add("grad_norm", grad_norm)
@@ -303,6 +315,12 @@ def train(cfg) -> dict:
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
                 ev = evaluate_greedy(cfg, sampler, test_set, test_prompts)
                 metrics.update({f"eval/{k}": v for k, v in ev.items() if k != "n"})
+                if cfg.eval.samples:
+                    ev = evaluate_problems(sampler, test_set, test_prompts, verifier=cfg.eval.verifier, n=cfg.eval.samples,
+                                           k=sorted({1, cfg.eval.samples}), temperature=cfg.sampler.temperature,
+                                           top_p=cfg.sampler.top_p, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampler.max_new_tokens,
+                                           seed=cfg.seed + step, greedy=False)
+                    metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
             logger.log(step, metrics)
             bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}")
             bad_steps = bad_steps + 1 if metrics.get("skipped_steps") else 0
@@ -327,5 +345,6 @@ def train(cfg) -> dict:
     summary["wall_s"] = round(time.time() - t_start, 1)
     write_json_atomic(out / "summary.json", summary)
     logger.close()
-    print(f"final greedy eval: {summary['eval_final']}  ({summary['wall_s']} s; outputs in {out})")
+    plot_run(str(out))
+    print(f"final greedy eval: {summary['eval_final']}  ({summary['wall_s']} s; outputs in {out}, curves in {out / 'curves.png'})")
     return summary

@@ -80,3 +80,61 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torc
     with torch.no_grad():
         ent[sel] = algos.entropy(logits, temperature)
     return logp, target_mask, ent
+
+
+def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
+                     temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probabilities of completion tokens -> logp (B, Tc), mask (B, Tc)[, entropy (B, Tc)].
+
+    Rows come in groups of ``group_size`` completions of one prompt (GRPO's layout). Each prompt runs
+    through the model once and its KV cache serves the whole group, so a long prompt costs one forward
+    instead of G; gradients from all G samples flow back through the shared prompt activations.
+    Column j scores completion token j. (Gradient checkpointing turns the cache off in transformers,
+    so then every row runs whole through ``completion_logprobs``.)"""
+    device = next(model.parameters()).device
+    B, G = len(completions), group_size
+    Tc = max(map(len, completions))
+    comp = torch.full((B, Tc), pad_id, dtype=torch.long)
+    cmask = torch.zeros((B, Tc))
+    for i, c in enumerate(completions):
+        comp[i, : len(c)] = torch.tensor(c)
+        cmask[i, : len(c)] = 1.0
+    comp, cmask = comp.to(device), cmask.to(device)
+    if getattr(model, "is_gradient_checkpointing", False):
+        ids, attn, mask = pad_batch(prompts, completions, pad_id)
+        out = completion_logprobs(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy)
+        cols = torch.tensor([len(p) - 1 for p in prompts], device=device)[:, None] + torch.arange(Tc, device=device)
+        cols = cols.clamp(max=out[0].shape[1] - 1)
+        realigned = [t.gather(1, cols) * cmask for t in (out[0],) + out[2:]]
+        return (realigned[0], cmask, *realigned[1:])
+
+    uniq = prompts[::G]
+    P = max(map(len, uniq))
+    ids = torch.full((len(uniq), P), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(uniq), P), dtype=torch.long)
+    for i, p in enumerate(uniq):  # left padding: every prompt ends at the same column
+        ids[i, P - len(p):] = torch.tensor(p)
+        attn[i, P - len(p):] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    decoder = model.get_decoder()
+    out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, hidden = out.past_key_values, out.last_hidden_state[:, -1:]  # (U, 1, H) scores completion token 0
+    if G > 1:
+        cache.batch_repeat_interleave(G)
+        hidden, attn, pos = (t.repeat_interleave(G, dim=0) for t in (hidden, attn, pos))
+    if Tc > 1:
+        out = decoder(input_ids=comp[:, :-1], attention_mask=torch.cat([attn, cmask[:, :-1].long()], 1),
+                      position_ids=pos[:, -1:] + 1 + torch.arange(Tc - 1, device=device), past_key_values=cache,
+                      use_cache=True)
+        hidden = torch.cat([hidden, out.last_hidden_state], 1)  # (B, Tc, H)
+    sel = cmask.bool()
+    logits = model.get_output_embeddings()(hidden[sel])  # (N, V): completion positions only
+    logp = torch.zeros((B, Tc), dtype=torch.float32, device=device)
+    logp[sel] = algos.token_logprobs(logits, comp[sel], temperature)
+    if not with_entropy:
+        return logp, cmask
+    ent = torch.zeros_like(logp)
+    with torch.no_grad():
+        ent[sel] = algos.entropy(logits, temperature)
+    return logp, cmask, ent

@@ -76,13 +76,13 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(self, prompts, n, *, temperature, top_p=1.0, max_new_tokens, seed=0) -> Rollout:
-        flat = [p for p in prompts for _ in range(n)]
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        parts = [self._generate(flat[i:i + self.batch_seqs], temperature, top_p, max_new_tokens, gen)
-                 for i in range(0, len(flat), self.batch_seqs)]
+        gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        per_chunk = max(1, self.batch_seqs // n)  # whole groups per chunk: a prompt is prefilled once
+        parts = [self._generate(prompts[i:i + per_chunk], n, temperature, top_p, max_new_tokens, gen)
+                 for i in range(0, len(prompts), per_chunk)]
         return Rollout.concat(parts)
 
-    def _generate(self, prompts, temperature, top_p, max_new_tokens, gen) -> Rollout:
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, gen) -> Rollout:
         model, device = self.model, next(self.model.parameters()).device
         was_training = model.training
         model.eval()
@@ -97,12 +97,19 @@ class HFSampler:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1, :]
+        if n > 1:  # the n samples of a prompt share its prefill: compute once, copy the KV cache
+            cache.batch_repeat_interleave(n)
+            logits, attn, pos = (t.repeat_interleave(n, dim=0) for t in (logits, attn, pos))
+            prompts = [p for p in prompts for _ in range(n)]
+            B = len(prompts)
         next_pos = pos[:, -1:] + 1
-        tokens, logps = torch.zeros((B, 0), dtype=torch.long), torch.zeros((B, 0))
-        done = torch.zeros(B, dtype=torch.bool)
-        eos = torch.tensor(sorted(self.eos_ids))
-        for _ in range(max_new_tokens):
-            logits = logits.float().cpu()
+        # Everything stays on the model's device: one small sync per step (done.all), no logits copies.
+        tokens = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((B, max_new_tokens), device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        eos = torch.tensor(sorted(self.eos_ids), device=device)
+        for t in range(max_new_tokens):
+            logits = logits.float()
             if temperature == 0:
                 tok = logits.argmax(-1)
                 lp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
@@ -114,14 +121,15 @@ class HFSampler:
                 tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
                 lp = logp.gather(-1, tok[:, None]).squeeze(-1)
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
-            tokens, logps = torch.cat([tokens, tok[:, None]], 1), torch.cat([logps, lp[:, None]], 1)
+            tokens[:, t], logps[:, t] = tok, lp
             done |= torch.isin(tok, eos)
             if done.all():
                 break
-            attn = torch.cat([attn, (~done).long().to(device)[:, None]], 1)
-            out = model(input_ids=tok[:, None].to(device), attention_mask=attn, position_ids=next_pos,
+            attn = torch.cat([attn, (~done).long()[:, None]], 1)
+            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
                         past_key_values=cache, use_cache=True)
             cache, logits, next_pos = out.past_key_values, out.logits[:, -1, :], next_pos + 1
+        tokens, logps = tokens[:, : t + 1].cpu(), logps[:, : t + 1].cpu()
         model.train(was_training)
 
         completion_ids, lps, truncated = [], [], []

@@ -14,15 +14,16 @@ from tests.conftest import REPO, TINY_MODEL
 
 
 def test_two_step_smoke_run_writes_every_output(tiny_overrides):
-    cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", tiny_overrides)
+    cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, "eval.every_steps": 1, "eval.samples": 2})
     summary = train(cfg)
     out = REPO / cfg.output_dir if not cfg.output_dir.startswith("/") else __import__("pathlib").Path(cfg.output_dir)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "final/config.json", "final/model.safetensors",
-                 "eval_initial_samples.jsonl", "eval_final_samples.jsonl"):
+                 "eval_initial_samples.jsonl", "eval_final_samples.jsonl", "curves.png"):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").iterdir())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert {"eval/accuracy", "eval/pass@1", "eval/pass@2"} <= set(rows[0]) and "eval/accuracy" not in rows[1]
     for key in ("reward/math", "reward/format", "reward/total", "accuracy", "response/len", "entropy", "clip_frac",
                 "grad_norm", "lr", "perf/sample_tokens_per_s", "perf/step_s", "mismatch/logprob_abs", "verifier/math_failures"):
         assert key in rows[0], key

@@ -1,0 +1,238 @@
+"""Whole GRPO steps, ours against TRL's GRPOTrainer, on one workload, one machine, one invocation.
+
+    python benchmarks/grpo_throughput.py                     # CPU: the tiny model, 16 prompts x 8
+    python benchmarks/grpo_throughput.py --workload qwen05b  # GPU: Qwen2.5-0.5B-shaped, random weights, bf16
+
+Each side runs in its own subprocess (so peak memory is its own) for ``--steps`` GRPO steps with the
+same prompts, group size, generation budget, temperature 1.0, beta 0 and a trivial reward (this
+measures the engines, not the verifiers); the first step is warm-up and not counted. The table shows
+sampling tokens/s (completion tokens over generation time), learner tokens/s (prompt + completion
+tokens over the rest of the step), whole-step seconds, peak memory, and our/TRL ratios. Needs
+``pip install trl``. The qwen05b workload is built from its config with random weights (hub weights
+cannot be downloaded here); prompts are exactly 128 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+
+def length_reward(prompts, completions, **columns):
+    """The shared trivial reward: longer completions score a little higher (so advantages are not 0)."""
+    return [len(c) / 1000.0 for c in completions]
+
+
+def build_workload(kind: str, out: Path) -> dict:
+    """Write the model, tokenizer and prompts both sides load; returns the workload description."""
+    import json as _json
+
+    if kind == "tiny":
+        from rlvr.templates import R1_ZERO
+
+        rows = [_json.loads(line) for line in open(REPO / "rlvr" / "tiny" / "data" / "test.jsonl")]
+        prompts = [R1_ZERO.format(question=r["question"]) for r in rows]
+        return {"model": str(REPO / "rlvr" / "tiny" / "model"), "prompts": prompts, "max_new_tokens": 48,
+                "dtype": "float32"}
+    import random
+
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    # The tiny model's byte-level tokenizer stands in for Qwen's (which cannot be downloaded here): the
+    # model keeps Qwen's 151,936-row embedding, prompts are 128 tokens of digits, and completions are
+    # decoded as far as that tokenizer can (the reward only needs some text).
+    tok = AutoTokenizer.from_pretrained(REPO / "rlvr" / "tiny" / "model")
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True,
+                      max_position_embeddings=32768, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    rng = random.Random(0)
+    prompts = []
+    while len(prompts) < 64:
+        text = " " + " ".join(str(rng.randrange(10)) for _ in range(64))
+        if len(tok(text)["input_ids"]) == 128:
+            prompts.append(text)
+    return {"model": str(out / "model"), "prompts": prompts, "max_new_tokens": 512, "dtype": "bfloat16"}
+
+
+def peak_memory_gb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_ours(w: dict, a) -> dict:
+    import torch
+
+    from rlvr import data as data_lib, model as model_lib
+    from rlvr.config import load_config
+    from rlvr.grpo import learn, make_sampler, sample_and_score
+
+    cfg = load_config(None, {
+        "model.path": w["model"], "model.dtype": w["dtype"], "sampler.max_new_tokens": w["max_new_tokens"],
+        "sampler.temperature": 1.0, "grpo.prompts_per_step": a.prompts, "grpo.samples_per_prompt": a.samples,
+        "grpo.micro_batch_seqs": a.micro_batch_seqs, "grpo.lr": 1e-6,
+        "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]", "sampler.batch_seqs": 256})
+    model, tok = model_lib.load(cfg.model, a.device)
+    problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
+    prompts = [tok(p)["input_ids"] for p in w["prompts"]]
+    sampler = make_sampler(cfg, model, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.grpo.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    stream = data_lib.PromptStream(len(problems), 0)
+    steps = []
+    for step in range(1, a.steps + 1):
+        sync(a.device)
+        t0 = time.time()
+        batch, m = sample_and_score(cfg, sampler, stream, problems, prompts, w["prompts"], step)
+        sync(a.device)
+        t1 = time.time()
+        learn(model, None, opt, sched, batch, cfg, sampler.pad_id, step)
+        sampler.update_weights(model.state_dict().items())
+        sync(a.device)
+        t2 = time.time()
+        steps.append({"gen_s": m["perf/sample_s"], "step_s": t2 - t0, "learn_s": t2 - t1,
+                      "completion_tokens": sum(map(len, batch.rollout.completion_ids)),
+                      "total_tokens": sum(map(len, batch.rollout.completion_ids)) + sum(map(len, batch.rollout.prompt_ids))})
+    return {"steps": steps, "peak_gb": peak_memory_gb(a.device)}
+
+
+def run_trl(w: dict, a) -> dict:
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    gen_time = [0.0]
+    original = transformers.GenerationMixin.generate
+
+    def timed_generate(self, *args, **kw):
+        sync(a.device)
+        t = time.time()
+        out = original(self, *args, **kw)
+        sync(a.device)
+        gen_time[0] += time.time() - t
+        return out
+
+    transformers.GenerationMixin.generate = timed_generate
+    marks, tokens = [], []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            sync(a.device)
+            marks.append((time.time(), gen_time[0]))
+
+        def on_step_end(self, args, state, control, **kw):
+            sync(a.device)
+            t0, g0 = marks[-1]
+            marks[-1] = (t0, g0, time.time(), gen_time[0])
+
+    def reward(prompts, completions, completion_ids=None, **kw):
+        tokens.append(sum(len(c) for c in completion_ids))
+        return length_reward(prompts, completions)
+
+    tok = AutoTokenizer.from_pretrained(w["model"])
+    dtype = getattr(torch, w["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(w["model"], dtype=dtype)
+    n = a.prompts * a.samples
+    args = GRPOConfig(
+        # The same micro-batching as ours: one generation of n completions per optimizer step.
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.micro_batch_seqs,
+        gradient_accumulation_steps=n // a.micro_batch_seqs,
+        num_generations=a.samples, max_completion_length=w["max_new_tokens"], temperature=1.0, beta=0.0,
+        learning_rate=1e-6, max_steps=a.steps, logging_steps=1, report_to="none", save_strategy="no",
+        use_vllm=False, bf16=w["dtype"] == "bfloat16", use_cpu=a.device == "cpu", dataloader_num_workers=0,
+        seed=0, shuffle_dataset=False, disable_dropout=True)
+    ds = Dataset.from_dict({"prompt": w["prompts"]})
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
+                          callbacks=[Timer()])
+    trainer.train()
+    prompt_tokens = len(tok(w["prompts"][0])["input_ids"]) * n  # the workloads' prompts are near-uniform
+    steps = [{"gen_s": g1 - g0, "step_s": t1 - t0, "learn_s": (t1 - t0) - (g1 - g0), "completion_tokens": ct,
+              "total_tokens": ct + prompt_tokens} for (t0, g0, t1, g1), ct in zip(marks, tokens)]
+    return {"steps": steps, "peak_gb": peak_memory_gb(a.device)}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def summarise(res: dict) -> dict:
+    s = res["steps"][1:] or res["steps"]  # the first step warms up allocators and kernels
+    tot = lambda k: sum(x[k] for x in s)  # noqa: E731
+    return {"sample tok/s": tot("completion_tokens") / tot("gen_s"), "learner tok/s": tot("total_tokens") / tot("learn_s"),
+            "step s": tot("step_s") / len(s), "completion tok/s": tot("completion_tokens") / tot("step_s"),
+            "gen share": tot("gen_s") / tot("step_s"), "peak GB": res["peak_gb"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=["tiny", "qwen05b"], default="tiny")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for qwen05b)")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--micro_batch_seqs", type=int, default=0, help="ours; default 64 on tiny, 16 on qwen05b")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
+    p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--workload_json", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
+    a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
+    if a.side:  # child process: one side, result as JSON on the last line
+        import torch
+
+        torch.set_num_threads(a.threads)
+        w = json.loads(Path(a.workload_json).read_text())
+        res = (run_ours if a.side == "ours" else run_trl)(w, a)
+        print("RESULT " + json.dumps(res))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        w = build_workload(a.workload, Path(tmp))
+        wf = Path(tmp) / "workload.json"
+        wf.write_text(json.dumps(w))
+        results = {}
+        for side in ("ours", "trl"):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--workload_json", str(wf)]
+            path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+            if r.returncode or not line:
+                print(f"{side} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+                return 1
+            results[side] = summarise(json.loads(line[-1][7:]))
+            print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
+    ours, trl = results["ours"], results["trl"]
+    print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
+          f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)")
+    print(f"| {'metric':<16} | {'rlvr':>10} | {'TRL':>10} | {'rlvr/TRL':>8} |")
+    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
+    for k in ours:
+        ratio = (trl[k] / ours[k]) if k in ("step s", "peak GB") else (ours[k] / trl[k] if trl[k] else float("nan"))
+        print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
+    print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
