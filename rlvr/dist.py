@@ -19,13 +19,18 @@ Multi-node: the same command on every node, with a rendezvous the nodes can reac
 
 or one command on the first node with a DeepSpeed hostfile (lines ``node0 slots=8``; passwordless
 ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What changes in the recipe:
-``deepspeed.zero_stage`` (2 while the weights, gradients and Adam state fit one GPU at 1/N of the
-gradients and state; 3 beyond), and the batch sizes, which stay *global*: each rank takes
+``deepspeed.zero_stage`` (2 while the weights fit one GPU beside 1/N of the gradients and Adam state;
+3 beyond), and nothing about batch sizes, which stay *global*: each rank takes
 ``grpo.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
-of the number of ranks and the micro-batch count per rank equal (ZeRO reduces inside backward, so
-every rank must call it the same number of times). The vLLM sampler can split one engine over a
-node's GPUs with ``sampler.tensor_parallel_size`` (then run one learner process per node's engine
-group, or colocate: each rank's engine on its own GPU with tensor_parallel_size 1).
+of the number of ranks. Every rank must call ``Learner.backward`` the same number of times per step
+(ZeRO reduces inside backward): equalise micro-batch counts with ``global_max``.
+
+Sampling: under ZeRO-2 each rank's HF sampler generates with its own full copy of the weights; under
+ZeRO-3 the weights are sharded (and gathering them costs a collective per layer that every rank must
+join), so the sampler must be a separate engine fed by ``Learner.named_parameters_for_sync`` (vLLM),
+never the learner's module. ``sampler.tensor_parallel_size: K`` splits one vLLM engine over K GPUs of
+a node, for a policy too large for one GPU's engine; as wired today each learner rank runs its own
+engine (K=1), colocated and asleep while the learner steps.
 
 The loss stays exact across ranks: each rank divides its ``algos.masked_sum`` by the *global*
 ``algos.loss_denominator`` (``all_reduce_sum`` of the ranks' token or sequence counts), and the
@@ -80,6 +85,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def global_sum(x: float) -> float:
     """A Python number summed over ranks, e.g. the loss denominator or a metric's token count."""
     return float(all_reduce_sum(torch.tensor(float(x), dtype=torch.float64, device=device()))) if world_size() > 1 else float(x)
+
+
+def global_max(x: float) -> float:
+    """A Python number's maximum over ranks, e.g. the micro-batch count every rank must run."""
+    if world_size() == 1:
+        return float(x)
+    t = torch.tensor(float(x), dtype=torch.float64, device=device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t)
 
 
 def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:

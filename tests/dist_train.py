@@ -12,6 +12,7 @@ from saved state) and OUT_DIR/hf_stage{S}/ (the consolidated HF checkpoint) for 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from rlvr import algos, dist, model as model_lib  # noqa: E402
 from rlvr.config import DeepSpeedConfig, ModelConfig  # noqa: E402
 from rlvr.learner import Learner  # noqa: E402
 
-SEQS, MICRO, STEPS = 8, 2, 4
+# 7 sequences on 2 ranks: 4 and 3, so 2 and 1 micro-batches of 3; the rank with fewer runs a zero-weight one
+SEQS, MICRO, STEPS = 7, 3, 4
 NAN_STEP = 2  # one rank's micro-batch gets a NaN advantage: every rank must skip this update
 
 
@@ -47,11 +49,13 @@ def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float]:
     rows = dist.shard(range(SEQS))  # rank-strided: this rank's sequences of the global batch
     denom = dist.global_sum(algos.loss_denominator(mask[rows, 1:], agg))
     local = 0.0
-    for s in range(0, len(rows), MICRO):
-        mb = rows[s:s + MICRO]
+    for i in range(int(dist.global_max(math.ceil(len(rows) / MICRO)))):  # ZeRO: as many backwards on every rank
+        mb, weight = rows[i * MICRO:(i + 1) * MICRO], 1.0
+        if not mb:
+            mb, weight = rows[:MICRO], 0.0
         logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb])
         pg, _ = algos.clipped_surrogate(logp, old[mb], adv[mb], 0.2, 0.28)
-        loss = algos.masked_sum(pg, m, agg, 12) / denom
+        loss = algos.masked_sum(pg, m, agg, 12) / denom * weight
         learner.backward(loss)
         local += float(loss.detach())
     loss, norm = dist.global_sum(local), learner.step()

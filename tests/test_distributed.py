@@ -103,6 +103,7 @@ def test_single_process_is_a_world_of_one():
     t = torch.tensor([1.0, 2.0])
     assert dist.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
     assert dist.global_sum(3) == 3.0
+    assert dist.global_max(3) == 3.0
     assert dist.shard(list(range(5))) == [0, 1, 2, 3, 4]
     dist.barrier()
 
