@@ -401,6 +401,9 @@ def _validate_stages(cfg, source: str) -> None:
     ds = getattr(cfg, "deepspeed", None)
     if ds is not None and ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: deepspeed.zero_stage must be 0 (plain torch), 1, 2 or 3, got {ds.zero_stage}")
+    if ds is not None and ds.zero_stage == 3 and cfg.stage == "grpo" and cfg.sampler.backend == "hf":
+        raise ConfigError(f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
+                          f"use sampler.backend=vllm, or deepspeed.zero_stage=2")
     if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
         raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
     uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))

@@ -116,7 +116,7 @@ def test_shard_is_rank_strided(monkeypatch):
 
 
 def test_deepspeed_config_section():
-    cfg = load_config(None, {"deepspeed.zero_stage": "3",
+    cfg = load_config(None, {"deepspeed.zero_stage": "3", "sampler.backend": "vllm",
                              "deepspeed.config": "{zero_optimization: {stage3_param_persistence_threshold: 0}, bf16: {enabled: true}}"})
     assert cfg.deepspeed.zero_stage == 3
     js = deepspeed_json(cfg.deepspeed, max_grad_norm=0.5, bf16=False)
@@ -127,5 +127,7 @@ def test_deepspeed_config_section():
     assert load_config(None).deepspeed == DeepSpeedConfig()
     with pytest.raises(ConfigError, match="zero_stage"):
         load_config(None, {"deepspeed.zero_stage": 4})
+    with pytest.raises(ConfigError, match="sampler.backend=vllm"):  # ZeRO-3 shards what the hf sampler would use
+        load_config(None, {"deepspeed.zero_stage": 3})
     with pytest.raises(ConfigError, match="mapping"):
         load_config(None, {"deepspeed.config": "[1, 2]"})
