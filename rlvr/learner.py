@@ -12,11 +12,16 @@ the same for plain torch (``deepspeed.zero_stage: 0``) and DeepSpeed ZeRO-2/3, o
     learner.save_hf(out / "final", tokenizer)                           # every rank calls, rank 0 writes
 
 Gradients are *summed* over ranks: each rank's loss already carries the global denominator, so the
-sum is the gradient of the whole batch's loss, bit-for-bit the single-process one up to summation
-order. DeepSpeed averages over ranks, so ``backward`` multiplies by the world size first, and runs
-with ``managed_gradient_accumulation: false`` and ``scale_wrt_gas=False`` so that ``step`` (not a
-fixed micro-step count) is the accumulation boundary and DeepSpeed never divides the loss.
-Tested against single-process training in tests/test_distributed.py.
+sum is the gradient of the whole batch's loss, the single-process one up to summation order.
+DeepSpeed averages over ranks, so ``backward`` multiplies by the world size first, and runs with
+``managed_gradient_accumulation: false`` and ``scale_wrt_gas=False`` so that ``step`` (not a fixed
+micro-step count) is the accumulation boundary and DeepSpeed never divides the loss. Training
+forwards go through ``forward`` (DeepSpeed's engine), or ZeRO-3 silently reduces wrong gradients.
+
+Resume: at ``zero_stage: 0`` ``optimizer`` and ``scheduler`` are plain torch objects whose state_dicts
+checkpoint as before; under ZeRO the optimizer state is sharded, so use ``save_state``/``load_state``
+on every rank. Tested against single-process training in tests/test_distributed.py
+(``offload_optimizer`` is not: it JIT-builds DeepSpeed's CPU Adam).
 """
 
 from __future__ import annotations
