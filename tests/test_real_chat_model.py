@@ -49,8 +49,8 @@ def test_sft_dpo_and_reward_model_steps_on_smollm2(smollm2, tmp_path):
     assert s["eval_final"]["heldout_loss"] < s["eval_initial"]["heldout_loss"]
 
     pairs = head(DATA / "prefs_test.jsonl", tmp_path / "pairs.jsonl", 4)
-    d = run("recipes/tiny_dpo.yaml", output_dir=str(tmp_path / "dpo"), **common, **{
-        "model.path": str(tmp_path / "sft" / "final"), "data.train": pairs, "data.test": pairs, "dpo.steps": 2,
+    d = run("recipes/tiny_dpo.yaml", output_dir=str(tmp_path / "dpo"), **{
+        **common, "model.path": str(tmp_path / "sft" / "final"), "data.train": pairs, "data.test": pairs, "dpo.steps": 2,
         "dpo.pairs_per_step": 2, "dpo.micro_batch_pairs": 1, "dpo.lr": 1e-6})
     assert d["eval_initial"]["preference_accuracy"] == 0.5 and d["eval_final"]["reward_margin"] > 0
 
