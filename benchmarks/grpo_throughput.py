@@ -83,6 +83,7 @@ def run_ours(w: dict, a) -> dict:
     from rlvr import data as data_lib, model as model_lib
     from rlvr.config import load_config
     from rlvr.grpo import learn, make_sampler, sample_and_score
+    from rlvr.learner import Learner
 
     cfg = load_config(None, {
         "model.path": w["model"], "model.dtype": w["dtype"], "sampler.max_new_tokens": w["max_new_tokens"],
@@ -93,8 +94,7 @@ def run_ours(w: dict, a) -> dict:
     problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
     prompts = [tok(p)["input_ids"] for p in w["prompts"]]
     sampler = make_sampler(cfg, model, tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.grpo.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
     stream = data_lib.PromptStream(len(problems), 0)
     steps = []
     for step in range(1, a.steps + 1):
@@ -103,7 +103,7 @@ def run_ours(w: dict, a) -> dict:
         batch, m = sample_and_score(cfg, sampler, stream, problems, prompts, w["prompts"], step)
         sync(a.device)
         t1 = time.time()
-        learn(model, None, opt, sched, batch, cfg, sampler.pad_id, step)
+        learn(learner, None, batch, cfg, sampler.pad_id, step)
         sampler.update_weights(model.state_dict().items())
         sync(a.device)
         t2 = time.time()

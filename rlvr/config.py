@@ -84,6 +84,7 @@ class GRPOConfig:
     prompts_per_step: int = 64
     samples_per_prompt: int = 8
     micro_batch_seqs: int = 8  # sequences per forward/backward
+    micro_batch_tokens: int = 0  # if set: token-budget micro-batches of whole groups (bin packing) instead
     optimizer_steps_per_pass: int = 1  # the rollout batch splits into this many optimizer steps
     passes_per_step: int = 1  # optimisation passes over each rollout batch (PPO epochs)
     lr: float = 1e-6

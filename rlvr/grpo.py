@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, model as model_lib, rewards as rewards_lib
+from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, dist, model as model_lib, packing, rewards as rewards_lib
+from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
 from rlvr.evaluate import evaluate_problems, plot_run
 from rlvr.sampler import HFSampler, Rollout
@@ -61,10 +62,10 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
     kept, kept_r, seen_r, raw_all, m = [], [], [], {}, {}
     t_sample = t_verify = 0.0
     for round_ in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
-        need = g.prompts_per_step - sum(len(r) // G for r in kept)
+        need = g.prompts_per_step - int(dist.global_sum(sum(len(r) // G for r in kept)))
         if need <= 0:
             break
-        idx = stream.take(need)
+        idx = dist.shard(stream.take(need))  # every rank draws the same prompts (one stream) and keeps its share
         t0 = time.time()
         try:
             ro = sampler.generate([prompts[i] for i in idx], G, temperature=cfg.sampler.temperature,
@@ -108,11 +109,11 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
     return Batch(rollout, adv, r), m
 
 
-def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int, step: int) -> dict:
+def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int) -> dict:
     """loss -> step: passes x optimizer steps over the batch, micro-batched, exact loss normalisation."""
     g, T = cfg.grpo, cfg.sampler.temperature
     ro, B, G = batch.rollout, len(batch.rollout), cfg.grpo.samples_per_prompt
-    device = next(model.parameters()).device
+    device = next(learner.module.parameters()).device
     Tc = max(map(len, ro.completion_ids))
     old = torch.zeros(B, Tc)  # sampler log-probs, column j = completion token j
     for i, lp in enumerate(ro.logprobs):
@@ -120,7 +121,7 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
     old, adv = old.to(device), batch.advantages.to(device)
     mask = (torch.arange(Tc)[None, :] < torch.tensor([len(c) for c in ro.completion_ids])[:, None]).float().to(device)
     # Micro-batches hold whole groups when they can, so each prompt's forward is shared by its samples.
-    share = G if g.micro_batch_seqs % G == 0 else 1
+    share = G if g.micro_batch_tokens or g.micro_batch_seqs % G == 0 else 1
 
     def logprobs(m, rows, **kw):
         return model_lib.grouped_logprobs(m, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
@@ -142,16 +143,27 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
     def add(k, v):
         sums[k] = sums.get(k, 0.0) + float(v)
 
+    def micro_batches(rows):
+        if not g.micro_batch_tokens:
+            return [rows[s:s + g.micro_batch_seqs] for s in range(0, len(rows), g.micro_batch_seqs)]
+        # Token budget: whole groups of similar length together (bins count rows x longest row).
+        groups = rows.view(-1, G)
+        glen = [max(len(ro.prompt_ids[r]) + len(ro.completion_ids[r]) for r in grp.tolist()) for grp in groups]
+        return [groups[b].reshape(-1) for b in packing.pack(glen, max(g.micro_batch_tokens // G, 1), padded=True)]
+
     for pass_ in range(g.passes_per_step):
         order = (torch.randperm(B // G, generator=gen)[:, None] * G + torch.arange(G)).view(-1)  # shuffle whole groups
-        for o, start in enumerate(range(0, B, per_opt)):
-            rows = order[start:start + per_opt]
-            denom = algos.loss_denominator(mask[rows], g.loss_agg)
-            optimizer.zero_grad(set_to_none=True)
-            finite = True
-            for s in range(0, len(rows), g.micro_batch_seqs):
-                mb = rows[s:s + g.micro_batch_seqs]
-                logp, m, ent = logprobs(model, mb.tolist(), with_entropy=True)
+        # Every rank's sequences make one loss: the denominator is global, and every rank runs as many
+        # optimizer steps and backwards as the busiest one (ZeRO reduces inside backward and step).
+        for o in range(int(dist.global_max(len(range(0, B, per_opt))))):
+            rows = order[o * per_opt:(o + 1) * per_opt]
+            denom = dist.global_sum(algos.loss_denominator(mask[rows], g.loss_agg))
+            mbs = micro_batches(rows)
+            for i in range(int(dist.global_max(len(mbs)))):
+                mb, weight = (mbs[i], 1.0) if i < len(mbs) else (order[:g.micro_batch_seqs], 0.0)  # ran out: keep in step
+                logp, m, ent = learner.forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in mb.tolist()],
+                                               [ro.completion_ids[r] for r in mb.tolist()], share, pad_id, T, with_entropy=True)
+                m = m * weight
                 w = m.shape[1]  # this micro-batch's longest completion
                 pg, clipped = algos.clipped_surrogate(logp, old[mb, :w], adv[mb], g.clip_low, g.clip_high)
                 per_tok = pg
@@ -162,8 +174,7 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
                 if g.entropy_coef:
                     per_tok = per_tok - g.entropy_coef * ent
                 loss = algos.masked_sum(per_tok, m, g.loss_agg, cfg.sampler.max_new_tokens) / denom
-                loss.backward()
-                finite = finite and bool(torch.isfinite(loss))
+                learner.backward(loss)
                 add("loss/total", loss.detach())
                 add("loss/pg", algos.masked_sum(pg.detach(), m, g.loss_agg, cfg.sampler.max_new_tokens) / denom)
                 add("clip_frac", (clipped * m).sum())
@@ -171,20 +182,20 @@ def learn(model, ref_model, optimizer, scheduler, batch: Batch, cfg, pad_id: int
                 if pass_ == 0 and o == 0:  # weights untouched yet: learner vs sampler on the same tokens
                     add("mismatch/logprob_abs", ((logp.detach() - old[mb, :w]).abs() * m).sum())
                     add("mismatch/tokens", m.sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm)
+            grad_norm = learner.step()  # a non-finite loss or gradient on any rank: skipped (train() counts these)
             add("grad_norm", grad_norm)
             add("optimizer_steps", 1)
-            if finite and torch.isfinite(grad_norm):
-                optimizer.step()
-            else:  # one NaN/inf update would poison the weights for good: skip it (train() counts these)
+            if not math.isfinite(grad_norm):
                 add("skipped_steps", 1)
-                optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    learner.scheduler.step()
     n_opt = sums.pop("optimizer_steps")
+    for k in ("loss/total", "loss/pg", "clip_frac", "entropy", "mismatch/logprob_abs", "mismatch/tokens") + (("kl",) if ref is not None else ()):
+        sums[k] = dist.global_sum(sums.get(k, 0.0))  # the same keys in the same order on every rank
+    n_tok = dist.global_sum(n_tok)
     out = {
         "loss/total": sums["loss/total"] / n_opt, "loss/pg": sums["loss/pg"] / n_opt,
         "clip_frac": sums["clip_frac"] / (n_tok * g.passes_per_step), "entropy": sums["entropy"] / (n_tok * g.passes_per_step),
-        "grad_norm": sums["grad_norm"] / n_opt, "lr": optimizer.param_groups[0]["lr"],
+        "grad_norm": sums["grad_norm"] / n_opt, "lr": learner.scheduler.get_last_lr()[0],
         "mismatch/logprob_abs": sums["mismatch/logprob_abs"] / max(sums["mismatch/tokens"], 1.0),
         "skipped_steps": sums.get("skipped_steps", 0.0),
     }
@@ -232,10 +243,16 @@ def seed_everything(seed: int) -> None:
 
 def train(cfg) -> dict:
     t_start = time.time()
+    dist.init()
     out = prepare_output_dir(cfg.output_dir)
     resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
-    (out / "config.yaml").write_text(config_lib.dump(cfg))
-    print(f"resolved config (saved to {out / 'config.yaml'}):\n{config_lib.dump(cfg)}")
+    main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
+    if cfg.grpo.prompts_per_step % dist.world_size():
+        raise config_lib.ConfigError(f"grpo.prompts_per_step={cfg.grpo.prompts_per_step} does not split over "
+                                     f"{dist.world_size()} ranks; make it a multiple of the number of processes")
+    if main:
+        (out / "config.yaml").write_text(config_lib.dump(cfg))
+    dist.print0(f"resolved config (saved to {out / 'config.yaml'}):\n{config_lib.dump(cfg)}")
     seed_everything(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -261,9 +278,7 @@ def train(cfg) -> dict:
             f"the longest prompt ({longest} tokens) plus sampler.max_new_tokens={cfg.sampler.max_new_tokens} exceeds "
             f"the model's context of {context} tokens; lower sampler.max_new_tokens or data.max_prompt_tokens")
 
-    sampler = make_sampler(cfg, model, tok)
     g = cfg.grpo
-    optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=g.weight_decay, betas=(0.9, 0.99))
 
     def lr_factor(step):
         warm = min(1.0, (step + 1) / g.warmup_steps) if g.warmup_steps else 1.0
@@ -271,21 +286,26 @@ def train(cfg) -> dict:
             return warm * 0.5 * (1 + math.cos(math.pi * min(step, g.steps) / g.steps))
         return warm
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    learner = Learner(model, cfg.deepspeed, lr=g.lr, weight_decay=g.weight_decay, betas=(0.9, 0.99),
+                      max_grad_norm=g.max_grad_norm, lr_lambda=lr_factor)
+    model, optimizer, scheduler = learner.module, learner.optimizer, learner.scheduler
+    sampler = make_sampler(cfg, model, tok)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     if resume_from:
         state = ckpt.restore(resume_from, optimizer, scheduler, stream)
         summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
     else:
-        summary, bad_steps, first = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_initial")}, 0, 1
-        print(f"initial greedy eval: {summary['eval_initial']}")
-    logger = MetricsLogger(out)
+        summary, bad_steps, first = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out if main else None, "eval_initial")}, 0, 1
+        dist.print0(f"initial greedy eval: {summary['eval_initial']}")
+    logger = MetricsLogger(out, enabled=main)
 
     def save(step, score=None, **at):
+        if not main:  # ranks hold the same weights and optimizer at ZeRO stage 0; rank 0 writes them
+            return out / "checkpoints" / f"step_{step}"
         state = ckpt.loop_state(optimizer, scheduler, stream, summary=summary, bad_steps=bad_steps, **at)
         return ckpt.save_run(cfg, out, step, model, tok, state, score)
 
-    bar = tqdm(range(first, g.steps + 1), desc="grpo", dynamic_ncols=True, initial=first - 1, total=g.steps)
+    bar = tqdm(range(first, g.steps + 1), desc="grpo", dynamic_ncols=True, initial=first - 1, total=g.steps, disable=not main)
     with ckpt.StopRequest() as stop:
         for step in bar:
             t0 = time.time()
@@ -297,12 +317,16 @@ def train(cfg) -> dict:
                 prev = out / "checkpoints" / f"step_{step - 1}"
                 path = prev if ckpt.is_valid(prev) else save(step - 1, **at_start)
                 raise ckpt.RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto") from e
-            if batch is not None:
+            if dist.world_size() > 1:  # rollout metrics over all ranks: means of means (equal shards), sums of counts
+                metrics = {k: dist.global_sum(v) / (1 if k.startswith(("verifier/", "sampling/kept")) else dist.world_size())
+                           for k, v in sorted(metrics.items()) if not k.startswith("perf/")} | {
+                          k: v for k, v in metrics.items() if k.startswith("perf/")}
+            if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
                 t1 = time.time()
                 sampler.sleep()
-                metrics.update(learn(model, ref_model, optimizer, scheduler, batch, cfg, sampler.pad_id, step))
+                metrics.update(learn(learner, ref_model, batch, cfg, sampler.pad_id, step))
                 sampler.wake()
-                sampler.update_weights(model.state_dict().items())
+                sampler.update_weights(learner.named_parameters_for_sync())
                 metrics["perf/learn_s"] = time.time() - t1
                 lens = torch.tensor([len(c) for c in batch.rollout.completion_ids], dtype=torch.float)
                 metrics.update({"response/len": lens.mean().item(), "response/len_max": lens.max().item(),
@@ -339,12 +363,13 @@ def train(cfg) -> dict:
                                       f"continue with --resume=auto", exit_code=128 + stop.signum)
     bar.close()
 
-    summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out, "eval_final")
-    ckpt.save_model(model, tok, out / "final")
+    summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out if main else None, "eval_final")
+    learner.save_hf(out / "final", tok)
     summary["steps"] = g.steps
     summary["wall_s"] = round(time.time() - t_start, 1)
-    write_json_atomic(out / "summary.json", summary)
     logger.close()
-    plot_run(str(out))
-    print(f"final greedy eval: {summary['eval_final']}  ({summary['wall_s']} s; outputs in {out}, curves in {out / 'curves.png'})")
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+        plot_run(str(out))
+    dist.print0(f"final greedy eval: {summary['eval_final']}  ({summary['wall_s']} s; outputs in {out}, curves in {out / 'curves.png'})")
     return summary

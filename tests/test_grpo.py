@@ -9,6 +9,7 @@ import torch
 
 from rlvr.config import load_config
 from rlvr.grpo import train
+from rlvr.learner import Learner
 from rlvr.sampler import HFSampler
 from tests.conftest import REPO, TINY_MODEL
 
@@ -59,8 +60,7 @@ def test_a_learning_step_moves_probability_towards_rewarded_samples(tiny_overrid
     prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
     texts = [tok.decode(p) for p in prompts]
     sampler = make_sampler(cfg, model, tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.grpo.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
 
     def format_rate():
         ro = sampler.generate(prompts[:32], 8, temperature=1.0, max_new_tokens=40, seed=123)
@@ -70,7 +70,7 @@ def test_a_learning_step_moves_probability_towards_rewarded_samples(tiny_overrid
     before = format_rate()
     for step in range(1, 5):
         batch, _ = sample_and_score(cfg, sampler, data_lib.PromptStream(len(problems), step), problems, prompts, texts, step)
-        learn(model, None, opt, sched, batch, cfg, sampler.pad_id, step)
+        learn(learner, None, batch, cfg, sampler.pad_id, step)
     after = format_rate()
     assert after > before + 0.1, (before, after)
 
