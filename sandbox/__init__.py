@@ -158,10 +158,18 @@ def _jail_config(isolate: bool, extra_ro_paths) -> dict:
         if os.path.exists(p) and not any(p == b or p.startswith(b + "/") for b in binds):
             binds.append(p)
     binds += [p for p in _ETC if os.path.exists(p)]
+    # The new root is built on a tmpfs mounted (in the jail's own mount namespace) over a host directory,
+    # which hides what is below it: it must not be above anything we bind, e.g. a virtualenv in /tmp.
+    inside = lambda d: any(b == d or b.startswith(d + "/") for b in binds)  # noqa: E731
+    staging = next((d for d in ("/tmp", "/mnt", "/media", "/srv", "/opt", "/var/tmp", "/run")
+                    if os.path.isdir(d) and not os.path.islink(d) and not inside(d)), None)
+    if staging is None:
+        raise SandboxUnavailable("no directory to build the jail's root in: /tmp, /mnt, /media, /srv, /opt, "
+                                 "/var/tmp and /run all hold the Python installation or are missing")
     return {
         "isolate": isolate,
         "host_pid": os.getpid(),
-        "staging": "/tmp",
+        "staging": staging,
         "ro_binds": binds,
         "symlinks": links,
         "jail_has_sandbox_uid": os.geteuid() == 0,
