@@ -117,3 +117,15 @@ def test_row_without_answer_field_names_file_and_line(tmp_path):
     bad.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2"}\n')
     r = run_cli("recipes/tiny_zero.yaml", f"--output_dir={tmp_path}/o", f"--data.train={bad}")
     assert r.returncode == 1 and f"{bad}:2" in r.stderr and "answer" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_learns(tmp_path):
+    """The README's demo as is: held-out greedy accuracy must rise by the margins the demo promises."""
+    s = train(load_config(REPO / "recipes" / "tiny_zero.yaml", {"output_dir": str(tmp_path / "demo"),
+                                                                 "model.path": str(TINY_MODEL),
+                                                                 "data.train": str(REPO / "rlvr/tiny/data/train.jsonl"),
+                                                                 "data.test": str(REPO / "rlvr/tiny/data/test.jsonl")}))
+    assert s["eval_final"]["n"] >= 200
+    assert s["eval_final"]["accuracy"] - s["eval_initial"]["accuracy"] >= 0.25
+    assert s["eval_final"]["accuracy_any_format"] - s["eval_initial"]["accuracy_any_format"] >= 0.15
