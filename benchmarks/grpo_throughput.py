@@ -110,7 +110,7 @@ def run_ours(w: dict, a) -> dict:
         steps.append({"gen_s": m["perf/sample_s"], "step_s": t2 - t0, "learn_s": t2 - t1,
                       "completion_tokens": sum(map(len, batch.rollout.completion_ids)),
                       "total_tokens": sum(map(len, batch.rollout.completion_ids)) + sum(map(len, batch.rollout.prompt_ids))})
-    return {"steps": steps, "peak_gb": peak_memory_gb(a.device)}
+    return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_trl(w: dict, a) -> dict:
@@ -167,7 +167,7 @@ def run_trl(w: dict, a) -> dict:
     prompt_tokens = len(tok(w["prompts"][0])["input_ids"]) * n  # the workloads' prompts are near-uniform
     steps = [{"gen_s": g1 - g0, "step_s": t1 - t0, "learn_s": (t1 - t0) - (g1 - g0), "completion_tokens": ct,
               "total_tokens": ct + prompt_tokens} for (t0, g0, t1, g1), ct in zip(marks, tokens)]
-    return {"steps": steps, "peak_gb": peak_memory_gb(a.device)}
+    return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
 
 
 def sync(device: str) -> None:
@@ -177,12 +177,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def summarise(res: dict) -> dict:
+def summarise(res: dict, peak_tflops: float) -> dict:
     s = res["steps"][1:] or res["steps"]  # the first step warms up allocators and kernels
     tot = lambda k: sum(x[k] for x in s)  # noqa: E731
     return {"sample tok/s": tot("completion_tokens") / tot("gen_s"), "learner tok/s": tot("total_tokens") / tot("learn_s"),
             "step s": tot("step_s") / len(s), "completion tok/s": tot("completion_tokens") / tot("step_s"),
-            "gen share": tot("gen_s") / tot("step_s"), "peak GB": res["peak_gb"]}
+            "gen share": tot("gen_s") / tot("step_s"), "peak GB": res["peak_gb"],
+            # model FLOPs utilisation of the learner: 6 x params x tokens per second (forward + backward)
+            "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12)}
 
 
 def main():
@@ -194,11 +196,14 @@ def main():
     p.add_argument("--micro_batch_seqs", type=int, default=0, help="ours; default 64 on tiny, 16 on qwen05b")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; 0.1 on cpu)")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
+    a.peak_tflops = a.peak_tflops or (989.0 if a.device == "cuda" else 0.1)
     if a.side:  # child process: one side, result as JSON on the last line
         import torch
 
@@ -220,7 +225,7 @@ def main():
             if r.returncode or not line:
                 print(f"{side} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
                 return 1
-            results[side] = summarise(json.loads(line[-1][7:]))
+            results[side] = summarise(json.loads(line[-1][7:]), a.peak_tflops)
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
     ours, trl = results["ours"], results["trl"]
     print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
@@ -229,6 +234,8 @@ def main():
     print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
     for k in ours:
         ratio = (trl[k] / ours[k]) if k in ("step s", "peak GB") else (ours[k] / trl[k] if trl[k] else float("nan"))
+        if k == "gen share":
+            ratio = float("nan")  # a share, not a speed
         print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
     print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr)")
     return 0
