@@ -224,6 +224,33 @@ def resolve(resume: str, root: Path) -> Path | None:
     return path
 
 
+def start_run(cfg, main: bool = True) -> tuple[Path, Path | None]:
+    """Start of every training stage: create and probe the output dir, pick what to resume from
+    (``prepare_resume``), save the resolved config (rank 0), seed every RNG, set the CPU threads."""
+    from rlvr import config as config_lib
+    from rlvr.log import prepare_output_dir
+
+    out = prepare_output_dir(cfg.output_dir)
+    resume_from = prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
+    if main:
+        (out / "config.yaml").write_text(config_lib.dump(cfg))
+    seed_everything(cfg.seed)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    return out, resume_from
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
 def prepare_resume(out: Path, resume: str, config: dict | None = None) -> Path | None:
     """Start of every training loop: pick the checkpoint to continue from (None: start fresh) and make
     ``out/metrics.jsonl`` hold exactly its rows (an uninterrupted run's), so rows the crashed process

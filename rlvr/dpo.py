@@ -20,11 +20,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, config as config_lib, data as data_lib, model as model_lib
+from rlvr import algos, data as data_lib, model as model_lib
 from rlvr import checkpoint as ckpt
 from rlvr.checkpoint import save_model
-from rlvr.grpo import seed_everything
-from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sft import load_policy, optimizer_and_scheduler
 
 
@@ -80,12 +79,7 @@ def evaluate(model, enc, ref, cfg, pad_id) -> dict:
 
 def train(cfg) -> dict:
     t_start = time.time()
-    out = prepare_output_dir(cfg.output_dir)
-    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
-    (out / "config.yaml").write_text(config_lib.dump(cfg))
-    seed_everything(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    out, resume_from = ckpt.start_run(cfg)
     d, s = cfg.data, cfg.dpo
     # A checkpoint is an HF model directory: the policy continues from it (the DPO reference stays the base).
     model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))

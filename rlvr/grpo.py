@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
 import time
 import traceback
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, dist, model as model_lib, packing, rewards as rewards_lib
 from rlvr.learner import Learner
-from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.evaluate import evaluate_problems, plot_run
 from rlvr.sampler import HFSampler, Rollout
 
@@ -230,32 +229,15 @@ def evaluate_greedy(cfg, sampler, problems, prompts, out_dir=None, tag="eval") -
     return {"accuracy": sum(r and f for r, f in zip(right, fmt)) / n, "accuracy_any_format": sum(right) / n, "n": n}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
 def train(cfg) -> dict:
     t_start = time.time()
     dist.init()
-    out = prepare_output_dir(cfg.output_dir)
-    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
     main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
+    out, resume_from = ckpt.start_run(cfg, main)
     if cfg.grpo.prompts_per_step % dist.world_size():
         raise config_lib.ConfigError(f"grpo.prompts_per_step={cfg.grpo.prompts_per_step} does not split over "
                                      f"{dist.world_size()} ranks; make it a multiple of the number of processes")
-    if main:
-        (out / "config.yaml").write_text(config_lib.dump(cfg))
     dist.print0(f"resolved config (saved to {out / 'config.yaml'}):\n{config_lib.dump(cfg)}")
-    seed_everything(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
     d = cfg.data
     # A checkpoint is an HF model directory: the policy continues from it, the reference stays the base.
     model, tok = model_lib.load(dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from rlvr import algos, config as config_lib, data as data_lib
 from rlvr.checkpoint import save_model
-from rlvr.grpo import seed_everything
+from rlvr.checkpoint import seed_everything
 from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
 from rlvr.model import DTYPES, ModelError
 from rlvr.sft import optimizer_and_scheduler

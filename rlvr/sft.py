@@ -23,11 +23,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, config as config_lib, data as data_lib, model as model_lib
+from rlvr import algos, data as data_lib, model as model_lib
 from rlvr import checkpoint as ckpt
 from rlvr.checkpoint import save_model
-from rlvr.grpo import seed_everything
-from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sampler import HFSampler
 
 
@@ -147,12 +146,7 @@ def greedy_replies(cfg, model, tok, convs, examples, out_dir=None, tag="eval") -
 
 def train(cfg) -> dict:
     t_start = time.time()
-    out = prepare_output_dir(cfg.output_dir)
-    resume_from = ckpt.prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
-    (out / "config.yaml").write_text(config_lib.dump(cfg))
-    seed_everything(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    out, resume_from = ckpt.start_run(cfg)
     d, s = cfg.data, cfg.sft
     # A checkpoint is an HF model directory: the policy continues from it.
     model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))
