@@ -100,7 +100,8 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
         comp[i, : len(c)] = torch.tensor(c)
         cmask[i, : len(c)] = 1.0
     comp, cmask = comp.to(device), cmask.to(device)
-    if getattr(model, "is_gradient_checkpointing", False):
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.23's name
+    if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         ids, attn, mask = pad_batch(prompts, completions, pad_id)
         out = completion_logprobs(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy)
         cols = torch.tensor([len(p) - 1 for p in prompts], device=device)[:, None] + torch.arange(Tc, device=device)
