@@ -29,25 +29,30 @@ class Problem:
     id: str = ""
 
 
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """-> [(line number, row)] of a JSONL file (``.gz`` too); blank lines skipped, bad lines named."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}")
+            rows.append((i, row))
+    return rows
+
+
 def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
     """-> [(where, row)] with ``where`` = 'file:line' (or 'source[split] row i') for error messages."""
     path = Path(source).expanduser()
     name = path.name.lower()
     if path.is_file() and (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        rows = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}")
-                rows.append((f"{path}:{i}", row))
-        return rows
+        return [(f"{path}:{i}", row) for i, row in read_jsonl(path)]
     if path.is_file() and name.endswith(".json"):
         data = json.loads(path.read_text())
         data = data.get(split, data) if isinstance(data, dict) else data

@@ -365,28 +365,19 @@ def read_predictions(path: str | Path, problems: list[Problem], dataset: str) ->
     example = ", ".join(repr(p.id) for p in problems[:3])
     counts: Counter = Counter()
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: each line must be a JSON object {{\"id\": ..., \"completion\": ...}}")
-            for key in ("id", "completion"):
-                if key not in row:
-                    raise DataError(f"{path}:{line_no}: missing field '{key}'; each line is "
-                                    f"{{\"id\": ..., \"completion\": \"...\"}} (it has: {', '.join(row) or 'nothing'})")
-            if not isinstance(row["completion"], str):
-                raise DataError(f"{path}:{line_no}: 'completion' must be a string, got {type(row['completion']).__name__}")
-            pid = str(row["id"])
-            if pid not in ids:
-                raise DataError(f"{path}:{line_no}: unknown problem id {pid!r} for dataset {dataset} (its ids look "
-                                f"like {example}; GSM8K and plain files use the 0-based row index)")
-            records.append({"id": pid, "sample": counts[pid], "prompt": None, "completion": row["completion"]})
-            counts[pid] += 1
+    for line_no, row in data_lib.read_jsonl(path):
+        for key in ("id", "completion"):
+            if key not in row:
+                raise DataError(f"{path}:{line_no}: missing field '{key}'; each line is "
+                                f"{{\"id\": ..., \"completion\": \"...\"}} (it has: {', '.join(row) or 'nothing'})")
+        if not isinstance(row["completion"], str):
+            raise DataError(f"{path}:{line_no}: 'completion' must be a string, got {type(row['completion']).__name__}")
+        pid = str(row["id"])
+        if pid not in ids:
+            raise DataError(f"{path}:{line_no}: unknown problem id {pid!r} for dataset {dataset} (its ids look "
+                            f"like {example}; GSM8K and plain files use the 0-based row index)")
+        records.append({"id": pid, "sample": counts[pid], "prompt": None, "completion": row["completion"]})
+        counts[pid] += 1
     if not records:
         raise DataError(f"{path}: no predictions")
     return records
