@@ -201,7 +201,6 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
     checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
-    log_every: int = 1
     # Resume: "" starts fresh, "auto" continues from the newest valid checkpoint in output_dir (fresh if
     # none), a path continues from that checkpoint (or from the newest valid one in that run dir).
     resume: str = ""

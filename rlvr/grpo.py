@@ -34,7 +34,6 @@ class Batch:
 
     rollout: Rollout
     advantages: torch.Tensor  # (B,)
-    rewards: torch.Tensor  # (B,)
 
 
 class SamplerCrash(RuntimeError):
@@ -105,7 +104,7 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
     adv = algos.group_advantages(r, G, normalize_std=g.advantage == "grpo")
     if g.overlong == "mask":  # truncated completions teach nothing about the answer: zero their weight
         adv = adv * (1.0 - torch.tensor(rollout.truncated, dtype=torch.float))
-    return Batch(rollout, adv, r), m
+    return Batch(rollout, adv), m
 
 
 def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int) -> dict:
@@ -122,9 +121,9 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
     # Micro-batches hold whole groups when they can, so each prompt's forward is shared by its samples.
     share = G if g.micro_batch_tokens or g.micro_batch_seqs % G == 0 else 1
 
-    def logprobs(m, rows, **kw):
-        return model_lib.grouped_logprobs(m, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
-                                          share, pad_id, T, **kw)
+    def logprobs(forward, rows, **kw):  # forward(fn, *args): the learner's (with gradients) or the reference's
+        return forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
+                       share, pad_id, T, **kw)
 
     ref = None
     if ref_model is not None:
@@ -132,7 +131,7 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
             ref = torch.zeros(B, Tc, device=device)
             for s in range(0, B, g.micro_batch_seqs):
                 rows = list(range(s, min(s + g.micro_batch_seqs, B)))
-                lp = logprobs(ref_model, rows)[0]
+                lp = logprobs(lambda fn, *args: fn(ref_model, *args), rows)[0]
                 ref[rows, : lp.shape[1]] = lp
     per_opt = math.ceil(B / g.optimizer_steps_per_pass)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
@@ -160,8 +159,7 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
             mbs = micro_batches(rows)
             for i in range(int(dist.global_max(len(mbs)))):
                 mb, weight = (mbs[i], 1.0) if i < len(mbs) else (order[:g.micro_batch_seqs], 0.0)  # ran out: keep in step
-                logp, m, ent = learner.forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in mb.tolist()],
-                                               [ro.completion_ids[r] for r in mb.tolist()], share, pad_id, T, with_entropy=True)
+                logp, m, ent = logprobs(learner.forward, mb.tolist(), with_entropy=True)
                 m = m * weight
                 w = m.shape[1]  # this micro-batch's longest completion
                 pg, clipped = algos.clipped_surrogate(logp, old[mb, :w], adv[mb], g.clip_low, g.clip_high)
