@@ -50,7 +50,6 @@ Not covered:
 from __future__ import annotations
 
 import atexit
-import base64
 import json
 import os
 import queue

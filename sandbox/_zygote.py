@@ -275,7 +275,7 @@ def _run(job: dict, cfg: dict) -> dict:
         while data:
             data = data[os.write(stdin_fd, data):]
         os.lseek(stdin_fd, 0, os.SEEK_SET)
-    init, workdir = None, None
+    workdir = None
     if not cfg["isolate"]:
         import tempfile
 
@@ -285,7 +285,7 @@ def _run(job: dict, cfg: dict) -> dict:
         # (pid 2, parent outside the namespace) gets ordinary signal semantics.
         _linux.setns(_state["pidns_fd"], _linux.CLONE_NEWPID)
         _linux.unshare(_linux.CLONE_NEWPID)
-        init = _linux.spawn_idle_init()
+        _linux.spawn_idle_init()
     t_init = time.monotonic()
     h = os.fork()
     if h == 0:

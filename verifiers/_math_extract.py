@@ -24,7 +24,7 @@ def _brace_partners(text: str) -> dict[int, int]:
     """Map the index of every '{' to its matching '}' (unescaped braces only), in one pass."""
     partners: dict[int, int] = {}
     stack: list[int] = []
-    i, n = 0, len(text)
+    i = 0
     find = text.find
     while True:
         j1, j2, j3 = find("{", i), find("}", i), find("\\", i)

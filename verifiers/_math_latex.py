@@ -653,7 +653,6 @@ class _Parser:
         if name in ("overline", "bar", "vec", "hat", "widehat", "overrightarrow", "angle", "triangle", "mathbf", "mathrm", "mathit", "boldsymbol", "mathbb", "mathcal"):
             if self.peek()[1] == "{":
                 # a name: \overline{AB}, \angle ABC
-                start = self.i
                 self.next()
                 depth = 1
                 parts = []
