@@ -10,6 +10,7 @@ model is the starting policy; its log-probabilities of every train and held-out 
 once, before training, and the reference is then freed. Held-out metrics before and after: preference
 accuracy (implicit reward of chosen > rejected, ties half, so 0.5 at the start), reward margin,
 chosen/rejected log-probabilities, and ``policy_accuracy`` (the policy itself rates chosen above rejected).
+1 or N processes, any ``deepspeed.zero_stage``: each rank scores only its own pairs with the reference.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, data as data_lib, model as model_lib
-from rlvr import checkpoint as ckpt
-from rlvr.checkpoint import save_model
+from rlvr import algos, checkpoint as ckpt, data as data_lib, dist, model as model_lib
+from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
-from rlvr.sft import load_policy, optimizer_and_scheduler
+from rlvr.sft import end_step, load_policy, micro_batches
 
 
 def encode(pairs: list[data_lib.Preference], tok, d) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
@@ -64,11 +64,14 @@ def pair_logprobs(model, enc, rows, pad_id, micro, length_normalize) -> tuple[to
 
 
 @torch.no_grad()
-def evaluate(model, enc, ref, cfg, pad_id) -> dict:
+def evaluate(learner, enc, ref, cfg, pad_id) -> dict:
+    """Held-out metrics; every rank scores every pair, through the learner (ZeRO-3 gathers the weights)."""
+    model = learner.module
     was = model.training
     model.eval()
     n = len(enc[0])
-    c, r = pair_logprobs(model, enc, list(range(n)), pad_id, cfg.dpo.micro_batch_pairs, cfg.dpo.length_normalize)
+    c, r = (t.cpu() for t in learner.forward(pair_logprobs, enc, list(range(n)), pad_id, cfg.dpo.micro_batch_pairs,
+                                              cfg.dpo.length_normalize))
     model.train(was)
     margin = (c - ref[0]) - (r - ref[1])
     return {"preference_accuracy": algos.preference_accuracy(c - ref[0], r - ref[1]).item(),
@@ -80,74 +83,82 @@ def evaluate(model, enc, ref, cfg, pad_id) -> dict:
 def train(cfg) -> dict:
     t_start = time.time()
     out, resume_from = ckpt.start_run(cfg)
+    main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
     d, s = cfg.data, cfg.dpo
     # A checkpoint is an HF model directory: the policy continues from it (the DPO reference stays the base).
     model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))
                              if resume_from else cfg)
+    ckpt.check_space(out, ckpt.checkpoint_bytes(model))
     pad = tok.pad_token_id
     train_pairs = data_lib.load_preferences(d.train, d.train_split, d)
     test_pairs = data_lib.load_preferences(d.test, d.test_split, d)[: s.eval_pairs] if d.test else []
     train_enc, test_enc = encode(train_pairs, tok, d), encode(test_pairs, tok, d)
 
-    # The reference is the starting policy: score every reply the run will visit once (the pair stream is
-    # seeded, so they are known now), then drop it: no second model in memory while training.
+    # The reference is the starting policy: score every reply this rank will train on once (the pair stream
+    # is seeded, so they are known now) and the held-out ones, then drop it: no second model while training.
     t0 = time.time()
-    used = sorted(set(data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle).take(s.steps * s.pairs_per_step)))
+    plan = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
+    used = sorted({i for _ in range(s.steps) for i in dist.shard(plan.take(s.pairs_per_step))})
     with torch.no_grad():
-        ref_model, _ = model_lib.load(cfg.model)
+        ref_model, _ = model_lib.load(cfg.model, dist.device())
         ref_model.eval()
         ref_train = torch.zeros(2, len(train_pairs))
-        ref_train[:, used] = torch.stack(pair_logprobs(ref_model, train_enc, used, pad, s.micro_batch_pairs,
-                                                       s.length_normalize))
-        ref_test = pair_logprobs(ref_model, test_enc, list(range(len(test_pairs))), pad, s.micro_batch_pairs,
-                                 s.length_normalize) if test_pairs else None
+        if used:
+            ref_train[:, used] = torch.stack(pair_logprobs(ref_model, train_enc, used, pad, s.micro_batch_pairs,
+                                                           s.length_normalize)).cpu()
+        ref_test = tuple(t.cpu() for t in pair_logprobs(ref_model, test_enc, list(range(len(test_pairs))), pad,
+                                                        s.micro_batch_pairs, s.length_normalize)) if test_pairs else None
         del ref_model
     summary: dict = {"train_pairs": len(train_pairs), "reference_s": round(time.time() - t0, 1)}
-    if test_pairs and not resume_from:
-        summary["eval_initial"] = evaluate(model, test_enc, ref_test, cfg, pad)
-        print(f"initial held-out: {summary['eval_initial']}")
-
-    opt, sched = optimizer_and_scheduler(model, s)
-    logger = MetricsLogger(out)
+    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
+                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    model = learner.module
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
-    first = 1
     if resume_from:  # last before the loop: it restores the RNG states too
-        state = ckpt.restore(resume_from, opt, sched, stream)
-        summary, first = state["summary"], state["step"] + 1
+        state = ckpt.restore(resume_from, learner, stream)
+        summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
+    else:
+        bad_steps, first = 0, 1
+        if test_pairs:
+            summary["eval_initial"] = evaluate(learner, test_enc, ref_test, cfg, pad)
+            dist.print0(f"initial held-out: {summary['eval_initial']}")
+    logger = MetricsLogger(out, enabled=main)
+
+    def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
+        state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
+        return ckpt.save_run(cfg, out, step, learner, tok, state, score)
+
     model.train()
-    bar = tqdm(range(first, s.steps + 1), desc="dpo", dynamic_ncols=True, initial=first - 1, total=s.steps)
-    for step in bar:
-        t0 = time.time()
-        rows = stream.take(s.pairs_per_step)
-        opt.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0, "logp_c": 0.0, "logp_r": 0.0}
-        for i in range(0, len(rows), s.micro_batch_pairs):
-            mb = torch.tensor(rows[i:i + s.micro_batch_pairs])
-            c, r = pair_logprobs(model, train_enc, mb.tolist(), pad, s.micro_batch_pairs, s.length_normalize)
-            loss, rc, rr = algos.dpo_loss(c, r, ref_train[0][mb], ref_train[1][mb], s.beta, s.loss)
-            (loss.sum() / len(rows)).backward()
-            for k, v in (("loss", loss), ("margin", rc - rr), ("chosen", rc), ("rejected", rr), ("logp_c", c), ("logp_r", r)):
-                sums[k] += v.detach().sum().item()
-            sums["accuracy"] += algos.preference_accuracy(rc, rr).item() * len(mb)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-        if torch.isfinite(grad_norm):
-            opt.step()
-        sched.step()
-        m = {f"train/{k}": v / len(rows) for k, v in sums.items()}
-        m.update({"grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "perf/step_s": time.time() - t0})
-        if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_pairs:
-            m.update({f"eval/{k}": v for k, v in evaluate(model, test_enc, ref_test, cfg, pad).items() if k != "n"})
-        ckpt.crash_point(f"step{step}")
-        logger.log(step, m)
-        bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != s.steps:
-            ckpt.save_run(cfg, out, step, model, tok, ckpt.loop_state(opt, sched, stream, summary=summary))
+    bar = tqdm(range(first, s.steps + 1), desc="dpo", dynamic_ncols=True, initial=first - 1, total=s.steps, disable=not main)
+    with ckpt.StopRequest() as stop:
+        for step in bar:
+            t0 = time.time()
+            sums = dict.fromkeys(("loss", "accuracy", "margin", "chosen", "rejected", "logp_c", "logp_r"), 0.0)
+            for mb, w in micro_batches(stream.take(s.pairs_per_step), s.micro_batch_pairs):
+                c, r = learner.forward(pair_logprobs, train_enc, mb, pad, s.micro_batch_pairs, s.length_normalize)
+                loss, rc, rr = algos.dpo_loss(c, r, ref_train[0][mb].to(c.device), ref_train[1][mb].to(c.device),
+                                              s.beta, s.loss)
+                learner.backward(loss.sum() * w / s.pairs_per_step)  # a mean over every rank's pairs
+                for k, v in (("loss", loss), ("margin", rc - rr), ("chosen", rc), ("rejected", rr), ("logp_c", c), ("logp_r", r)):
+                    sums[k] += w * v.detach().sum().item()
+                sums["accuracy"] += w * algos.preference_accuracy(rc, rr).item() * len(mb)
+            grad_norm = learner.step()  # not finite: the update was skipped on every rank
+            learner.scheduler.step()
+            m = {f"train/{k}": dist.global_sum(v) / s.pairs_per_step for k, v in sums.items()}
+            m.update({"grad_norm": grad_norm, "lr": learner.scheduler.get_last_lr()[0], "perf/step_s": time.time() - t0})
+            if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_pairs:
+                m.update({f"eval/{k}": v for k, v in evaluate(learner, test_enc, ref_test, cfg, pad).items() if k != "n"})
+            ckpt.crash_point(f"step{step}")
+            logger.log(step, m)
+            bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
+            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     if test_pairs:
-        summary["eval_final"] = evaluate(model, test_enc, ref_test, cfg, pad)
-    save_model(model, tok, out / "final")
+        summary["eval_final"] = evaluate(learner, test_enc, ref_test, cfg, pad)
+    ckpt.save_model(learner, tok, out / "final")
     summary.update(steps=s.steps, wall_s=round(time.time() - t_start, 1))
-    write_json_atomic(out / "summary.json", summary)
     logger.close()
-    print(f"dpo done: {summary}  (checkpoint: {out / 'final'})")
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+    dist.print0(f"dpo done: {summary}  (checkpoint: {out / 'final'})")
     return summary

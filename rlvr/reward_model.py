@@ -8,6 +8,7 @@ recipe's ``model.path`` (a fresh linear head on the causal LM's body), loss ``rl
 on the score of (prompt, chosen) vs (prompt, rejected), optionally ``reward_model.center_coef`` x
 mean (s_chosen + s_rejected)^2 to keep scores near zero. Saved in HF format (``OUTPUT_DIR/final``),
 loadable with ``AutoModelForSequenceClassification.from_pretrained``. Figure: held-out pairwise accuracy.
+1 or N processes, any ``deepspeed.zero_stage``; resumable (``--resume=auto``) like every stage.
 
 Scoring (``{verifier: reward_model}`` in a GRPO recipe's rewards, with ``reward_model.scorer: PATH``):
 ``rlvr.train`` registers ``reward_model`` as a TRL-style batch reward function, run in-process by
@@ -24,12 +25,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, config as config_lib, data as data_lib
-from rlvr.checkpoint import save_model
-from rlvr.checkpoint import seed_everything
-from rlvr.log import MetricsLogger, prepare_output_dir, write_json_atomic
+from rlvr import algos, checkpoint as ckpt, data as data_lib, dist
+from rlvr.learner import Learner, lr_schedule
+from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.model import DTYPES, ModelError
-from rlvr.sft import optimizer_and_scheduler
+from rlvr.sft import end_step, micro_batches
 
 
 def load(path: str, dtype: str = "float32", chat_template: str = ""):
@@ -88,10 +88,12 @@ def pair_texts(pairs: list[data_lib.Preference], tok, d) -> tuple[list[str], lis
 
 
 @torch.no_grad()
-def evaluate(model, tok, texts, micro) -> dict:
+def evaluate(learner, tok, texts, micro) -> dict:
+    """Held-out metrics; every rank scores every pair, through the learner (ZeRO-3 gathers the weights)."""
+    model = learner.module
     was = model.training
     model.eval()
-    c, r = scores(model, tok, texts[0], micro), scores(model, tok, texts[1], micro)
+    c, r = (learner.forward(scores, tok, t, micro).cpu() for t in texts)
     model.train(was)
     return {"pairwise_accuracy": algos.preference_accuracy(c, r).item(), "margin": (c - r).mean().item(),
             "score_chosen": c.mean().item(), "score_rejected": r.mean().item(), "n": len(c)}
@@ -99,57 +101,69 @@ def evaluate(model, tok, texts, micro) -> dict:
 
 def train(cfg) -> dict:
     t_start = time.time()
-    out = prepare_output_dir(cfg.output_dir)
-    (out / "config.yaml").write_text(config_lib.dump(cfg))
-    seed_everything(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    out, resume_from = ckpt.start_run(cfg)
+    main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
     d, s = cfg.data, cfg.reward_model
-    model, tok = load(cfg.model.path, cfg.model.dtype, d.chat_template)
+    # A checkpoint is an HF sequence-classifier directory: training continues from it, head included.
+    model, tok = load(str(resume_from) if resume_from else cfg.model.path, cfg.model.dtype, d.chat_template)
+    ckpt.check_space(out, ckpt.checkpoint_bytes(model))
     train_pairs = data_lib.load_preferences(d.train, d.train_split, d)
     test_pairs = data_lib.load_preferences(d.test, d.test_split, d)[: s.eval_pairs] if d.test else []
     train_texts, test_texts = pair_texts(train_pairs, tok, d), pair_texts(test_pairs, tok, d)
     summary: dict = {"train_pairs": len(train_pairs)}
-    if test_pairs:
-        summary["eval_initial"] = evaluate(model, tok, test_texts, 2 * s.micro_batch_pairs)
-        print(f"initial held-out: {summary['eval_initial']}")
-    opt, sched = optimizer_and_scheduler(model, s)
-    logger = MetricsLogger(out)
+    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
+                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    model = learner.module
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
+    if resume_from:  # last before the loop: it restores the RNG states too
+        state = ckpt.restore(resume_from, learner, stream)
+        summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
+    else:
+        bad_steps, first = 0, 1
+        if test_pairs:
+            summary["eval_initial"] = evaluate(learner, tok, test_texts, 2 * s.micro_batch_pairs)
+            dist.print0(f"initial held-out: {summary['eval_initial']}")
+    logger = MetricsLogger(out, enabled=main)
+
+    def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
+        state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
+        return ckpt.save_run(cfg, out, step, learner, tok, state, score)
+
     model.train()
-    bar = tqdm(range(1, s.steps + 1), desc="reward_model", dynamic_ncols=True)
-    for step in bar:
-        t0 = time.time()
-        rows = stream.take(s.pairs_per_step)
-        opt.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-        for i in range(0, len(rows), s.micro_batch_pairs):
-            mb = rows[i:i + s.micro_batch_pairs]
-            sc = scores(model, tok, [train_texts[0][j] for j in mb] + [train_texts[1][j] for j in mb], 2 * len(mb))
-            c, r = sc[: len(mb)], sc[len(mb):]
-            loss = algos.bradley_terry_loss(c, r) + s.center_coef * (c + r) ** 2
-            (loss.sum() / len(rows)).backward()
-            sums["loss"] += loss.detach().sum().item()
-            sums["margin"] += (c - r).detach().sum().item()
-            sums["accuracy"] += algos.preference_accuracy(c.detach(), r.detach()).item() * len(mb)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-        if torch.isfinite(grad_norm):
-            opt.step()
-        sched.step()
-        m = {f"train/{k}": v / len(rows) for k, v in sums.items()}
-        m.update({"grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "perf/step_s": time.time() - t0})
-        if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_pairs:
-            m.update({f"eval/{k}": v for k, v in evaluate(model, tok, test_texts, 2 * s.micro_batch_pairs).items() if k != "n"})
-        logger.log(step, m)
-        bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
+    bar = tqdm(range(first, s.steps + 1), desc="reward_model", dynamic_ncols=True, initial=first - 1, total=s.steps,
+               disable=not main)
+    with ckpt.StopRequest() as stop:
+        for step in bar:
+            t0 = time.time()
+            sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+            for mb, w in micro_batches(stream.take(s.pairs_per_step), s.micro_batch_pairs):
+                sc = learner.forward(scores, tok, [train_texts[0][j] for j in mb] + [train_texts[1][j] for j in mb], 2 * len(mb))
+                c, r = sc[: len(mb)], sc[len(mb):]
+                loss = algos.bradley_terry_loss(c, r) + s.center_coef * (c + r) ** 2
+                learner.backward(loss.sum() * w / s.pairs_per_step)  # a mean over every rank's pairs
+                sums["loss"] += w * loss.detach().sum().item()
+                sums["margin"] += w * (c - r).detach().sum().item()
+                sums["accuracy"] += w * algos.preference_accuracy(c.detach(), r.detach()).item() * len(mb)
+            grad_norm = learner.step()  # not finite: the update was skipped on every rank
+            learner.scheduler.step()
+            m = {f"train/{k}": dist.global_sum(v) / s.pairs_per_step for k, v in sums.items()}
+            m.update({"grad_norm": grad_norm, "lr": learner.scheduler.get_last_lr()[0], "perf/step_s": time.time() - t0})
+            if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_pairs:
+                m.update({f"eval/{k}": v for k, v in evaluate(learner, tok, test_texts, 2 * s.micro_batch_pairs).items()
+                          if k != "n"})
+            ckpt.crash_point(f"step{step}")
+            logger.log(step, m)
+            bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
+            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     if test_pairs:
-        summary["eval_final"] = evaluate(model, tok, test_texts, 2 * s.micro_batch_pairs)
-    save_model(model, tok, out / "final")
+        summary["eval_final"] = evaluate(learner, tok, test_texts, 2 * s.micro_batch_pairs)
+    ckpt.save_model(learner, tok, out / "final")
     summary.update(steps=s.steps, wall_s=round(time.time() - t_start, 1))
-    write_json_atomic(out / "summary.json", summary)
     logger.close()
-    print(f"reward model done: {summary}  (checkpoint: {out / 'final'})")
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+    dist.print0(f"reward model done: {summary}  (checkpoint: {out / 'final'})")
     return summary
 
 

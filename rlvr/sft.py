@@ -10,6 +10,11 @@ assistant tokens are targets. ``sft.packing`` packs whole examples into rows of 
 with per-example position ids, which transformers turns into per-example attention. Held-out loss (and,
 with ``sft.format_regex``, the format rate of greedy replies) is measured before and after; the final
 checkpoint (``OUTPUT_DIR/final``) is an HF model that any recipe's ``model.path`` can start from.
+
+Like every stage it trains through ``rlvr.learner`` on 1 or N processes (``torchrun``), each rank on its
+shard of a step's rows, with ``deepspeed.zero_stage`` 0 or 2; 3 only without a held-out set, whose
+greedy replies need whole weights. ``micro_batches`` and ``end_step`` here serve the DPO and
+reward-model loops too.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ import dataclasses
 import json
 import math
 import re
+import signal
 import time
 
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, data as data_lib, model as model_lib
-from rlvr import checkpoint as ckpt
-from rlvr.checkpoint import save_model
+from rlvr import algos, checkpoint as ckpt, data as data_lib, dist, model as model_lib
+from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sampler import HFSampler
 
@@ -39,16 +44,39 @@ def load_policy(cfg):
     return model, tok
 
 
-def optimizer_and_scheduler(model, s):
-    """AdamW with linear warmup then constant or cosine decay over ``s.steps`` (SFT, DPO and RM sections)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
-                            weight_decay=s.weight_decay, betas=(0.9, 0.99))
+def micro_batches(rows: list[int], micro: int) -> list[tuple[list[int], float]]:
+    """This rank's ``dist.shard`` of a step's rows, cut into micro-batches, each with its loss weight.
+    Every rank gets as many (ZeRO reduces inside backward, so every backward needs its partner on every
+    rank): one that runs out repeats its first micro-batch (or the step's) with weight 0.
+    Shared by SFT, DPO and the reward model."""
+    mine = dist.shard(rows)
+    out = [(mine[i:i + micro], 1.0) for i in range(0, len(mine), micro)]
+    filler = (out[0][0] if out else rows[:micro], 0.0)
+    return out + [filler] * (int(dist.global_max(len(out))) - len(out))
 
-    def factor(step):
-        warm = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
-        return warm * (0.5 * (1 + math.cos(math.pi * min(step, s.steps) / s.steps)) if s.lr_schedule == "cosine" else 1.0)
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def end_step(cfg, stop, step: int, metrics: dict, bad_steps: int, save) -> int:
+    """How every SFT, DPO and reward-model step ends, as GRPO's does: count the steps in a row whose
+    update was skipped (non-finite loss or gradient: ``metrics["grad_norm"]``), save a checkpoint when
+    one is due, on SIGINT/SIGTERM (seen by any rank) or when that count reaches ``max_bad_steps``, and
+    stop after the last two. ``save(step, bad_steps, score)`` runs on every rank. -> the new count."""
+    last = getattr(cfg, cfg.stage).steps  # the stage's section: cfg.sft, cfg.dpo, cfg.reward_model
+    bad_steps = 0 if math.isfinite(metrics["grad_norm"]) else bad_steps + 1
+    if bad_steps and dist.is_main():
+        tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_steps} such step(s) in a row; "
+                   f"the run stops at max_bad_steps={cfg.max_bad_steps})")
+    due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last
+    signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
+    if due or signum or bad_steps >= cfg.max_bad_steps:
+        path = save(step, bad_steps, metrics.get(cfg.keep_best_metric))
+    if bad_steps >= cfg.max_bad_steps:
+        raise ckpt.RunStopped(
+            f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
+            f"weights in {path} are the last finite ones). Check the data, lower {cfg.stage}.lr, then --resume={path}")
+    if signum:
+        raise ckpt.RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
+                              f"continue with --resume=auto", exit_code=128 + signum)
+    return bad_steps
 
 
 def encode(convs: list[data_lib.Conversation], tok, d) -> list[tuple[list[int], list[float], int]]:
@@ -107,6 +135,9 @@ def collate(rows, pad_id: int):
 def nll_sum(model, ids, attn, pos, mask) -> tuple[torch.Tensor, float]:
     """Summed negative log-likelihood of the masked target tokens, and their count. Only target
     positions go through the LM head (large vocabularies)."""
+    device = next(model.parameters()).device  # ZeRO moves the model to the rank's GPU
+    ids, pos, mask = ids.to(device), pos.to(device), mask.to(device)
+    attn = attn if attn is None else attn.to(device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     sel = mask[:, 1:].bool()
     logits = model.get_output_embeddings()(hidden[:, :-1][sel])
@@ -147,10 +178,12 @@ def greedy_replies(cfg, model, tok, convs, examples, out_dir=None, tag="eval") -
 def train(cfg) -> dict:
     t_start = time.time()
     out, resume_from = ckpt.start_run(cfg)
+    main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
     d, s = cfg.data, cfg.sft
     # A checkpoint is an HF model directory: the policy continues from it.
     model, tok = load_policy(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(resume_from)))
                              if resume_from else cfg)
+    ckpt.check_space(out, ckpt.checkpoint_bytes(model))
     train_convs = data_lib.load_conversations(d.train, d.train_split, d)
     train_ex = encode(train_convs, tok, d)
     rows = make_rows(train_ex, s.packing, d.max_seq_tokens, cfg.seed)
@@ -161,56 +194,60 @@ def train(cfg) -> dict:
         test_rows = make_rows(test_ex, False, d.max_seq_tokens, cfg.seed)
     pad = tok.pad_token_id
     summary: dict = {"train_examples": len(train_ex), "train_rows": len(rows)}
+    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
+                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    model = learner.module
 
-    def evaluate(tag):
+    def evaluate(tag):  # every rank evaluates everything (whole weights: ZeRO-3 is refused for this in config)
         if not test_rows:
             return {}
         ev = {"heldout_loss": heldout_loss(model, test_rows, pad, s.micro_batch_seqs)}
-        ev.update(greedy_replies(cfg, model, tok, test_convs, test_ex, out, tag))
-        print(f"{tag}: {ev}")
+        ev.update(greedy_replies(cfg, model, tok, test_convs, test_ex, out if main else None, tag))
+        dist.print0(f"{tag}: {ev}")
         return ev
 
-    if not resume_from:
-        summary["eval_initial"] = evaluate("eval_initial")
-    opt, sched = optimizer_and_scheduler(model, s)
-    logger = MetricsLogger(out)
     stream = data_lib.PromptStream(len(rows), cfg.seed, d.shuffle)
-    first = 1
     if resume_from:  # last before the loop: it restores the RNG states too
-        state = ckpt.restore(resume_from, opt, sched, stream)
-        summary, first = state["summary"], state["step"] + 1
+        state = ckpt.restore(resume_from, learner, stream)
+        summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
+    else:
+        summary["eval_initial"], bad_steps, first = evaluate("eval_initial"), 0, 1
+    logger = MetricsLogger(out, enabled=main)
+
+    def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
+        state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
+        return ckpt.save_run(cfg, out, step, learner, tok, state, score)
+
     model.train()
-    bar = tqdm(range(first, s.steps + 1), desc="sft", dynamic_ncols=True, initial=first - 1, total=s.steps)
-    for step in bar:
-        t0 = time.time()
-        batch = [rows[i] for i in stream.take(s.seqs_per_step)]
-        micro = [collate(batch[i:i + s.micro_batch_seqs], pad) for i in range(0, len(batch), s.micro_batch_seqs)]
-        # Token mean over the whole optimizer step: every assistant token weighs the same.
-        n_tok = sum(float(mb[3][:, 1:].sum()) for mb in micro)
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for mb in micro:
-            loss, _ = nll_sum(model, *mb)
-            (loss / max(n_tok, 1.0)).backward()
-            total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-        if torch.isfinite(grad_norm):
-            opt.step()
-        sched.step()
-        m = {"loss": total / max(n_tok, 1.0), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
-             "tokens": n_tok, "perf/step_s": time.time() - t0}
-        if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_rows:
-            m["eval/heldout_loss"] = heldout_loss(model, test_rows, pad, s.micro_batch_seqs)
-        ckpt.crash_point(f"step{step}")
-        logger.log(step, m)
-        bar.set_postfix(loss=f"{m['loss']:.3f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != s.steps:
-            ckpt.save_run(cfg, out, step, model, tok, ckpt.loop_state(opt, sched, stream, summary=summary))
+    bar = tqdm(range(first, s.steps + 1), desc="sft", dynamic_ncols=True, initial=first - 1, total=s.steps, disable=not main)
+    with ckpt.StopRequest() as stop:
+        for step in bar:
+            t0 = time.time()
+            micro = [(collate([rows[i] for i in mb], pad), w)
+                     for mb, w in micro_batches(stream.take(s.seqs_per_step), s.micro_batch_seqs)]
+            # Token mean over the whole optimizer step on all ranks: every assistant token weighs the same.
+            n_tok = dist.global_sum(sum(w * float(mb[3][:, 1:].sum()) for mb, w in micro))
+            total = 0.0
+            for mb, w in micro:
+                loss, _ = learner.forward(nll_sum, *mb)
+                learner.backward(loss * w / max(n_tok, 1.0))
+                total += w * loss.item()
+            grad_norm = learner.step()  # not finite: the update was skipped on every rank
+            learner.scheduler.step()
+            m = {"loss": dist.global_sum(total) / max(n_tok, 1.0), "grad_norm": grad_norm,
+                 "lr": learner.scheduler.get_last_lr()[0], "tokens": n_tok, "perf/step_s": time.time() - t0}
+            if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_rows:
+                m["eval/heldout_loss"] = heldout_loss(model, test_rows, pad, s.micro_batch_seqs)
+            ckpt.crash_point(f"step{step}")
+            logger.log(step, m)
+            bar.set_postfix(loss=f"{m['loss']:.3f}")
+            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     summary["eval_final"] = evaluate("eval_final")
-    save_model(model, tok, out / "final")
+    ckpt.save_model(learner, tok, out / "final")
     summary.update(steps=s.steps, wall_s=round(time.time() - t_start, 1))
-    write_json_atomic(out / "summary.json", summary)
     logger.close()
-    print(f"sft done: {summary}  (checkpoint: {out / 'final'})")
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+    dist.print0(f"sft done: {summary}  (checkpoint: {out / 'final'})")
     return summary

@@ -1,7 +1,10 @@
 """SFT: chat data checks (file:line errors), assistant-only loss mask, packing, and a two-step run."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,9 +94,13 @@ def test_packed_attention_stays_within_examples():
     assert torch.allclose(alone, packed, atol=1e-4)
 
 
-def test_sft_config_checks_batch_sizes():
+def test_sft_config_checks_batch_sizes_and_zero3():
     with pytest.raises(ConfigError, match="sft.seqs_per_step=6 is not a multiple of sft.micro_batch_seqs=4"):
         load_config("recipes/tiny_sft.yaml", {"sft.seqs_per_step": 6, "sft.micro_batch_seqs": 4})
+    # ZeRO-3 shards the weights the greedy held-out replies are generated with
+    with pytest.raises(ConfigError, match="zero_stage=3 shards the weights that sft's held-out evaluation"):
+        load_config("recipes/tiny_sft.yaml", {"deepspeed.zero_stage": 3})
+    assert load_config("recipes/tiny_sft.yaml", {"deepspeed.zero_stage": 3, "data.test": ""}).deepspeed.zero_stage == 3
 
 
 def test_two_step_sft_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
@@ -111,3 +118,50 @@ def test_two_step_sft_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     assert tok.chat_template == CHAT_TEMPLATE  # later stages render chats the same way
     assert re.search("Assistant:", tok.apply_chat_template(rows[0]["messages"][:2], tokenize=False, add_generation_prompt=True))
+
+
+def test_stage_step_tail_checkpoints_and_stops_like_grpo():
+    """sft.end_step, the end of every SFT, DPO and reward-model step: NaN streaks, due checkpoints, signals."""
+    import signal
+    from types import SimpleNamespace
+
+    from rlvr import checkpoint as ckpt
+
+    cfg = load_config("recipes/tiny_sft.yaml", {"sft.steps": 5, "checkpoint_every": 2, "max_bad_steps": 2,
+                                                "keep_best_metric": "loss"})
+    saved, stop = [], SimpleNamespace(signum=None)
+    save = lambda step, bad, score: saved.append((step, bad, score)) or f"step_{step}"  # noqa: E731
+    tail = lambda step, norm, bad: sft.end_step(cfg, stop, step, {"grad_norm": norm, "loss": 0.5}, bad, save)  # noqa: E731
+    assert tail(1, float("nan"), 0) == 1 and saved == []
+    assert tail(2, 3.0, 1) == 0 and saved == [(2, 0, 0.5)]  # due; a finite step ends the streak
+    assert tail(4, float("inf"), 0) == 1
+    with pytest.raises(ckpt.RunStopped, match="2 steps in a row.*--resume=step_5"):
+        tail(5, float("nan"), 1)  # the last step: not due, but the streak saves it
+    assert saved[-1] == (5, 2, 0.5)
+    stop.signum = signal.SIGTERM
+    with pytest.raises(ckpt.RunStopped, match="SIGTERM") as e:
+        tail(3, 1.0, 0)
+    assert e.value.exit_code == 128 + signal.SIGTERM and saved[-1] == (3, 0, 0.5)
+
+
+def test_sft_and_dpo_on_two_processes_match_one(tmp_path):
+    """torchrun with 2 ranks (gloo, CPU), plain torch and ZeRO-2, takes the same steps as 1 process: each rank
+    trains on its shard of every step's rows with the global loss denominator, ranks with fewer
+    micro-batches run zero-weight ones, and the learner sums gradients over ranks."""
+    from tests import dist_stages
+    from tests.test_resume import metrics
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "dist_stages.py"), str(tmp_path / "two"), "sft,dpo", "0,2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"torchrun failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    for stage, loss in (("sft", "loss"), ("dpo", "train/loss")):
+        dist_stages.train(stage, 0, tmp_path / "one")
+        ref = metrics(tmp_path / "one" / f"{stage}_zero0")
+        for zero in (0, 2):
+            got = metrics(tmp_path / "two" / f"{stage}_zero{zero}")
+            assert [m["step"] for m in got] == [1, 2, 3]
+            for a, b in zip(got, ref):
+                for k in (loss, "grad_norm"):  # summation order differs between 1 and 2 ranks, nothing else
+                    assert a[k] == pytest.approx(b[k], rel=1e-5), f"{stage}, ZeRO-{zero}, step {a['step']}: {k}"
