@@ -1,12 +1,14 @@
 """Resumable checkpoints: write atomically, validate, find the newest, prune, restore RNG.
 
-    path = checkpoint.save(out / "checkpoints", step, model, tokenizer, state, metrics_file=out / "metrics.jsonl")
+    path = checkpoint.save(out / "checkpoints", step, learner, tokenizer, state, metrics_file=out / "metrics.jsonl")
     ckpt = checkpoint.find_latest(out / "checkpoints")        # newest *valid* one, or None
-    state = checkpoint.load_state(ckpt)                       # optimizer, scheduler, data, RNG, ...
+    state = checkpoint.restore(ckpt, learner, stream)         # optimizer, scheduler, data, RNG; -> the extras
 
 A checkpoint is a directory ``step_N`` holding the HF model (``save_pretrained``, so it is a valid
-``model.path``), ``trainer_state.pt`` (whatever the loop passes: optimizer, scheduler, data position,
-RNG states, summary), ``config.yaml``, the ``metrics.jsonl`` rows up to step N, and ``manifest.json``.
+``model.path``), ``learner/`` (optimizer and scheduler: one file, or one shard per rank under ZeRO),
+``trainer_state.pt`` (whatever the loop passes: data position, RNG states, summary), ``config.yaml``,
+the ``metrics.jsonl`` rows up to step N, and ``manifest.json``. Every rank calls ``save``; rank 0
+writes everything but its own optimizer shards.
 It is built under ``step_N.tmp``, every file fsynced, the manifest (file names and sizes) written
 last, then renamed into place: a crash at any point leaves either no ``step_N`` or a complete one,
 and ``is_valid`` rejects any directory whose manifest is missing or disagrees with the files.
@@ -28,6 +30,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from rlvr import dist
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
@@ -61,15 +65,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_model(model, tokenizer, path: Path) -> None:
-    """HF format only (``final``), written under a temporary name, fsynced and renamed."""
-    path = Path(path)
+def save_model(learner, tokenizer, path: Path) -> None:
+    """HF format only (``final``), written under a temporary name, fsynced and renamed. Every rank
+    calls (a ``Learner`` gathers sharded weights); rank 0 writes."""
+    path, main = Path(path), dist.is_main()
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _sync_tree(tmp)
-    _replace_dir(tmp, path)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    learner.save_pretrained(tmp)
+    if main:
+        tokenizer.save_pretrained(tmp)
+        _sync_tree(tmp)
+        _replace_dir(tmp, path)
+    dist.barrier()
 
 
 def _sync_tree(path: Path) -> dict[str, int]:
@@ -97,64 +105,71 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save(root: Path, step: int, model, tokenizer, state: dict, *, config_text: str = "",
+def save(root: Path, step: int, learner, tokenizer, state: dict, *, config_text: str = "",
          metrics_file: Path | None = None, score: float | None = None, keep_last: int = 0, keep_best: str = "") -> Path:
     """Write checkpoint ``root/step_<step>`` atomically, then ``prune(root, keep_last, keep_best)``; -> its
-    path. ``state`` must load with weights_only (tensors, numbers, strings, lists, dicts). ``score`` is
-    what ``prune`` ranks by when keeping the best one."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    path. Every rank calls. ``learner``: a ``rlvr.learner.Learner`` (``save_pretrained`` and ``save_state``).
+    ``state`` must load with weights_only (tensors, numbers, strings, lists, dicts). ``score`` is what
+    ``prune`` ranks by when keeping the best one."""
+    root, main = Path(root), dist.is_main()
     path, tmp = root / f"step_{step}", root / f"step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, **state}, tmp / STATE)
-        if config_text:
-            (tmp / "config.yaml").write_text(config_text)
-        if metrics_file is not None and Path(metrics_file).exists():
-            shutil.copyfile(metrics_file, tmp / "metrics.jsonl")
-        crash_point(f"save{step}")
-        files = _sync_tree(tmp)
-        with open(tmp / MANIFEST, "w") as f:  # last: its presence is what makes the checkpoint valid
-            json.dump({"step": step, "score": score, "files": files}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace_dir(tmp, path)
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        dist.barrier()  # the directory exists before any rank writes its shard into it
+        learner.save_pretrained(tmp)
+        learner.save_state(tmp / "learner")  # ends with a barrier: every shard is on disk after it
+        if main:
+            tokenizer.save_pretrained(tmp)
+            torch.save({"step": step, **state}, tmp / STATE)
+            if config_text:
+                (tmp / "config.yaml").write_text(config_text)
+            if metrics_file is not None and Path(metrics_file).exists():
+                shutil.copyfile(metrics_file, tmp / "metrics.jsonl")
+            crash_point(f"save{step}")
+            files = _sync_tree(tmp)
+            with open(tmp / MANIFEST, "w") as f:  # last: its presence is what makes the checkpoint valid
+                json.dump({"step": step, "score": score, "files": files}, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _replace_dir(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         prev = find_latest(root)
         raise CheckpointError(
             f"could not write checkpoint {path} ({e.strerror or e}); nothing partial was left behind"
             + (f"; the newest valid checkpoint is {prev}" if prev else "") + ". Free space or pick another output_dir") from e
-    prune(root, keep_last, keep_best)
+    dist.barrier()  # no rank moves on (or reads it) before the checkpoint is in place
+    if main:
+        prune(root, keep_last, keep_best)
     return path
 
 
-def save_run(cfg, out: Path, step: int, model, tokenizer, state: dict, score: float | None = None) -> Path:
+def save_run(cfg, out: Path, step: int, learner, tokenizer, state: dict, score: float | None = None) -> Path:
     """``save`` as every training loop calls it: into ``out/checkpoints`` with the run's config, its
     metrics so far and the retention settings (``keep_last``, ``keep_best_*``) of ``cfg``."""
     from rlvr import config as config_lib
 
-    return save(Path(out) / "checkpoints", step, model, tokenizer, state, config_text=config_lib.dump(cfg),
+    return save(Path(out) / "checkpoints", step, learner, tokenizer, state, config_text=config_lib.dump(cfg),
                 metrics_file=Path(out) / "metrics.jsonl", score=score, keep_last=cfg.keep_last,
                 keep_best=cfg.keep_best_mode if cfg.keep_best_metric else "")
 
 
-def loop_state(optimizer, scheduler, stream, **extra) -> dict:
-    """What a loop saves besides the weights: optimizer, scheduler, data position (a PromptStream),
-    RNG states, and ``extra`` (which may also override any of these)."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": stream.state(),
-            "rng": rng_state(), **extra}
+def loop_state(stream, **extra) -> dict:
+    """What a loop saves besides the learner: data position (a PromptStream), RNG states (rank 0's, which
+    every rank gets back: the loops draw the same numbers on every rank), and ``extra`` (which may also
+    override these)."""
+    return {"data": stream.state(), "rng": rng_state(), **extra}
 
 
-def restore(path: Path, optimizer, scheduler, stream) -> dict:
-    """Load a ``loop_state`` saved in checkpoint ``path`` back into its objects, RNG states included:
-    call it last before the loop, once nothing else will draw random numbers. -> the whole state
-    (``state["step"]``, the extras)."""
+def restore(path: Path, learner, stream) -> dict:
+    """Load checkpoint ``path`` back into the learner (optimizer, scheduler; its weights are loaded from
+    ``path`` as a model directory), the data stream and the RNG states: call it last before the loop,
+    once nothing else will draw random numbers. -> the whole loop state (``state["step"]``, the extras)."""
     state = load_state(path)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    learner.load_state(Path(path) / "learner")
     stream.load_state(state["data"])
     set_rng_state(state["rng"])
     return state
@@ -179,8 +194,8 @@ def problem(path: Path) -> str | None:
         f = path / name
         if not f.is_file() or f.stat().st_size != size:
             return f"{path}/{name} is missing or has the wrong size: the checkpoint is damaged"
-    if STATE not in m.get("files", {}):
-        return f"{path} has no {STATE}: it holds a model but not the training state"
+    if STATE not in m.get("files", {}) or not any(f.startswith("learner/") for f in m["files"]):
+        return f"{path} has no {STATE} or learner/: it holds a model but not the training state"
     return None
 
 
@@ -224,16 +239,22 @@ def resolve(resume: str, root: Path) -> Path | None:
     return path
 
 
-def start_run(cfg, main: bool = True) -> tuple[Path, Path | None]:
-    """Start of every training stage: create and probe the output dir, pick what to resume from
-    (``prepare_resume``), save the resolved config (rank 0), seed every RNG, set the CPU threads."""
+def start_run(cfg) -> tuple[Path, Path | None]:
+    """Start of every training stage, on every rank: join the process group; rank 0 creates and probes the
+    output dir, picks what to resume from (``prepare_resume``, which prunes and trims metrics) and saves the
+    resolved config, then the other ranks find the same checkpoint; seed every RNG, set the CPU threads."""
     from rlvr import config as config_lib
     from rlvr.log import prepare_output_dir
 
-    out = prepare_output_dir(cfg.output_dir)
-    resume_from = prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
-    if main:
+    dist.init()
+    out, resume_from = Path(cfg.output_dir).expanduser(), None
+    if dist.is_main():
+        out = prepare_output_dir(cfg.output_dir)
+        resume_from = prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
         (out / "config.yaml").write_text(config_lib.dump(cfg))
+    dist.barrier()  # the others look only once rank 0 has settled the directory
+    if not dist.is_main():
+        resume_from = resolve(cfg.resume, out / "checkpoints")
     seed_everything(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)

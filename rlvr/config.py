@@ -404,6 +404,9 @@ def _validate_stages(cfg, source: str) -> None:
     if ds is not None and ds.zero_stage == 3 and cfg.stage == "grpo" and cfg.sampler.backend == "hf":
         raise ConfigError(f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
                           f"use sampler.backend=vllm, or deepspeed.zero_stage=2")
+    if ds is not None and ds.zero_stage == 3 and cfg.stage == "sft" and cfg.data.test:
+        raise ConfigError(f"{source}: deepspeed.zero_stage=3 shards the weights that sft's held-out evaluation generates "
+                          f"greedy replies with; use deepspeed.zero_stage=2, or data.test='' to train without it")
     if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
         raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
     uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))

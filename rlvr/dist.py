@@ -30,7 +30,13 @@ ZeRO-3 the weights are sharded (and gathering them costs a collective per layer 
 join), so the sampler must be a separate engine fed by ``Learner.named_parameters_for_sync`` (vLLM),
 never the learner's module. ``sampler.tensor_parallel_size: K`` splits one vLLM engine over K GPUs of
 a node, for a policy too large for one GPU's engine; as wired today each learner rank runs its own
-engine (K=1), colocated and asleep while the learner steps.
+in-process engine (K=1) on its share of the prompts, colocated and asleep while the learner steps.
+Tested with 2 ranks on CPU (tests/test_vllm_sampler.py, -m slow); not yet on several GPUs, where each
+rank's engine must land on its own GPU (vLLM's ``external_launcher`` executor exists for this).
+
+Checkpoints are collective: every rank calls ``rlvr.checkpoint.save``, each ZeRO rank writes its own
+optimizer shard into the checkpoint (so the output dir must be on storage every rank sees), and a
+resume restores each rank's shard at the same world size.
 
 The loss stays exact across ranks: each rank divides its ``algos.masked_sum`` by the *global*
 ``algos.loss_denominator`` (``all_reduce_sum`` of the ranks' token or sequence counts), and the

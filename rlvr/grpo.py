@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, dist, model as model_lib, packing, rewards as rewards_lib
-from rlvr.learner import Learner
+from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.evaluate import evaluate_problems, plot_run
 from rlvr.sampler import HFSampler, Rollout
@@ -229,9 +229,8 @@ def evaluate_greedy(cfg, sampler, problems, prompts, out_dir=None, tag="eval") -
 
 def train(cfg) -> dict:
     t_start = time.time()
-    dist.init()
+    out, resume_from = ckpt.start_run(cfg)
     main = dist.is_main()  # rank 0 alone writes files and prints; every rank computes
-    out, resume_from = ckpt.start_run(cfg, main)
     if cfg.grpo.prompts_per_step % dist.world_size():
         raise config_lib.ConfigError(f"grpo.prompts_per_step={cfg.grpo.prompts_per_step} does not split over "
                                      f"{dist.world_size()} ranks; make it a multiple of the number of processes")
@@ -259,31 +258,22 @@ def train(cfg) -> dict:
             f"the model's context of {context} tokens; lower sampler.max_new_tokens or data.max_prompt_tokens")
 
     g = cfg.grpo
-
-    def lr_factor(step):
-        warm = min(1.0, (step + 1) / g.warmup_steps) if g.warmup_steps else 1.0
-        if g.lr_schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * min(step, g.steps) / g.steps))
-        return warm
-
     learner = Learner(model, cfg.deepspeed, lr=g.lr, weight_decay=g.weight_decay, betas=(0.9, 0.99),
-                      max_grad_norm=g.max_grad_norm, lr_lambda=lr_factor)
-    model, optimizer, scheduler = learner.module, learner.optimizer, learner.scheduler
+                      max_grad_norm=g.max_grad_norm, lr_lambda=lr_schedule(g))
+    model = learner.module
     sampler = make_sampler(cfg, model, tok)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     if resume_from:
-        state = ckpt.restore(resume_from, optimizer, scheduler, stream)
+        state = ckpt.restore(resume_from, learner, stream)
         summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
     else:
         summary, bad_steps, first = {"eval_initial": evaluate_greedy(cfg, sampler, test_set, test_prompts, out if main else None, "eval_initial")}, 0, 1
         dist.print0(f"initial greedy eval: {summary['eval_initial']}")
-    logger = MetricsLogger(out, enabled=main)
+    logger = MetricsLogger(out, enabled=main, first_step=first)
 
-    def save(step, score=None, **at):
-        if not main:  # ranks hold the same weights and optimizer at ZeRO stage 0; rank 0 writes them
-            return out / "checkpoints" / f"step_{step}"
-        state = ckpt.loop_state(optimizer, scheduler, stream, summary=summary, bad_steps=bad_steps, **at)
-        return ckpt.save_run(cfg, out, step, model, tok, state, score)
+    def save(step, score=None, **at):  # every rank calls: ZeRO shards are written by their ranks
+        state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps, **at)
+        return ckpt.save_run(cfg, out, step, learner, tok, state, score)
 
     bar = tqdm(range(first, g.steps + 1), desc="grpo", dynamic_ncols=True, initial=first - 1, total=g.steps, disable=not main)
     with ckpt.StopRequest() as stop:
@@ -295,7 +285,8 @@ def train(cfg) -> dict:
             except SamplerCrash as e:
                 traceback.print_exc()
                 prev = out / "checkpoints" / f"step_{step - 1}"
-                path = prev if ckpt.is_valid(prev) else save(step - 1, **at_start)
+                # Saving is collective: with other ranks still sampling, only a single process can save here.
+                path = prev if ckpt.is_valid(prev) or dist.world_size() > 1 else save(step - 1, **at_start)
                 raise ckpt.RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto") from e
             if dist.world_size() > 1:  # rollout metrics over all ranks: means of means (equal shards), sums of counts
                 metrics = {k: dist.global_sum(v) / (1 if k.startswith(("verifier/", "sampling/kept")) else dist.world_size())
@@ -332,19 +323,20 @@ def train(cfg) -> dict:
                 tqdm.write(f"step {step}: non-finite loss or gradient, {metrics['skipped_steps']:.0f} update(s) skipped "
                            f"({bad_steps} such step(s) in a row; the run stops at max_bad_steps={cfg.max_bad_steps})")
             due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps
-            if due or stop.signum or bad_steps >= cfg.max_bad_steps:
+            signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
+            if due or signum or bad_steps >= cfg.max_bad_steps:
                 path = save(step, metrics.get(cfg.keep_best_metric))
             if bad_steps >= cfg.max_bad_steps:
                 raise ckpt.RunStopped(
                     f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
                     f"weights in {path} are the last finite ones). Check rewards for NaN, lower grpo.lr, then --resume={path}")
-            if stop.signum:
-                raise ckpt.RunStopped(f"stopped by {signal.Signals(stop.signum).name} after step {step}; checkpoint {path}; "
-                                      f"continue with --resume=auto", exit_code=128 + stop.signum)
+            if signum:
+                raise ckpt.RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
+                                      f"continue with --resume=auto", exit_code=128 + signum)
     bar.close()
 
     summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out if main else None, "eval_final")
-    learner.save_hf(out / "final", tok)
+    ckpt.save_model(learner, tok, out / "final")
     summary["steps"] = g.steps
     summary["wall_s"] = round(time.time() - t_start, 1)
     logger.close()

@@ -9,7 +9,7 @@ the same for plain torch (``deepspeed.zero_stage: 0``) and DeepSpeed ZeRO-2/3, o
         learner.backward(algos.masked_sum(per_tok, m, g.loss_agg, max_len) / denom)
     grad_norm = learner.step()           # clip + step; a non-finite norm means the update was skipped
     sampler.update_weights(learner.named_parameters_for_sync())        # every rank iterates (ZeRO-3 gathers)
-    learner.save_hf(out / "final", tokenizer)                           # every rank calls, rank 0 writes
+    checkpoint.save_model(learner, tokenizer, out / "final")             # every rank calls, rank 0 writes
 
 Gradients are *summed* over ranks: each rank's loss already carries the global denominator, so the
 sum is the gradient of the whole batch's loss, the single-process one up to summation order.
@@ -18,16 +18,16 @@ DeepSpeed averages over ranks, so ``backward`` multiplies by the world size firs
 micro-step count) is the accumulation boundary and DeepSpeed never divides the loss. Training
 forwards go through ``forward`` (DeepSpeed's engine), or ZeRO-3 silently reduces wrong gradients.
 
-Resume: at ``zero_stage: 0`` ``optimizer`` and ``scheduler`` are plain torch objects whose state_dicts
-checkpoint as before; under ZeRO the optimizer state is sharded, so use ``save_state``/``load_state``
-on every rank. Tested against single-process training in tests/test_distributed.py
-(``offload_optimizer`` is not: it JIT-builds DeepSpeed's CPU Adam).
+Checkpoints: ``rlvr.checkpoint.save(root, step, learner, ...)`` writes the consolidated HF weights
+(``save_pretrained``) and the optimizer and scheduler state (``save_state``: one file at stage 0, one
+shard per rank under ZeRO), every rank calling; ``load_state`` restores them at the same world size.
+Tested against single-process training in tests/test_distributed.py (``offload_optimizer`` is not: it
+JIT-builds DeepSpeed's CPU Adam).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -58,6 +58,19 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def lr_schedule(sec):
+    """Section with ``steps``, ``warmup_steps``, ``lr_schedule`` -> LambdaLR factor of the step: linear
+    warmup, then constant or cosine decay to 0 at ``steps`` (every stage's section has these keys)."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / sec.warmup_steps) if sec.warmup_steps else 1.0
+        if sec.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, sec.steps) / sec.steps))
+        return warm
+
+    return factor
 
 
 class _Forward(torch.nn.Module):
@@ -151,9 +164,9 @@ class Learner:
             with self._gathered(p):
                 yield name, (p.detach().clone() if self.stage == 3 else p.detach())
 
-    def save_hf(self, path, tokenizer=None) -> None:
-        """A consolidated HF checkpoint (``from_pretrained`` loads it); every rank calls, rank 0 writes,
-        under a temporary name first so a crash leaves no half-written model at ``path``."""
+    def save_pretrained(self, path) -> None:
+        """The consolidated HF model (``from_pretrained`` loads it) into directory ``path``: every rank
+        calls, rank 0 writes. ``rlvr.checkpoint.save``/``save_model`` call it inside their atomic writes."""
         state = None
         if self.stage == 3:  # gathered tensor by tensor on every rank, kept by rank 0 only
             state = {}
@@ -161,19 +174,12 @@ class Learner:
                 if dist.is_main():
                     state[k] = v.cpu()
         if dist.is_main():
-            path = Path(path)
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.module.save_pretrained(tmp, state_dict=state)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+            self.module.save_pretrained(path, state_dict=state)
         dist.barrier()
 
     def save_state(self, path) -> None:
         """Optimizer and scheduler state for resuming, into directory ``path``; every rank calls (ZeRO
-        writes one shard per rank)."""
+        writes one shard per rank, so ``path`` must be on storage every rank sees)."""
         path = Path(path)
         if self.engine is not None:
             self.engine.save_checkpoint(str(path), tag="learner", client_state={"scheduler": self.scheduler.state_dict()})

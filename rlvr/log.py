@@ -32,7 +32,11 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    """One flat dict per step into ``metrics.jsonl`` and TensorBoard (rank 0: ``enabled``). A resumed run
+    passes its ``first_step``: TensorBoard then drops the crashed run's events from that step on, as
+    ``prepare_resume`` already trimmed ``metrics.jsonl``, so no curve shows the lost steps twice."""
+
+    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True, first_step: int = 1):
         self.enabled = enabled
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None
         self.tb = None
@@ -40,7 +44,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_step if first_step > 1 else None)
             except ImportError:  # tensorboard is a dependency, but a missing one should not stop training
                 self.tb = None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr import algos
+from rlvr import algos, dist
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -19,8 +19,8 @@ class ModelError(ValueError):
     pass
 
 
-def load(cfg, device: str | torch.device = "cpu"):
-    """cfg: ModelConfig -> (model, tokenizer)."""
+def load(cfg, device: str | torch.device | None = None):
+    """cfg: ModelConfig -> (model, tokenizer), on ``device`` (default: this rank's GPU, else the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = cfg.path
@@ -43,7 +43,7 @@ def load(cfg, device: str | torch.device = "cpu"):
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model.to(device), tokenizer
+    return model.to(device if device is not None else dist.device()), tokenizer
 
 
 def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int):

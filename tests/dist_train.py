@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rlvr import algos, dist, model as model_lib  # noqa: E402
+from rlvr import algos, checkpoint, dist, model as model_lib  # noqa: E402
 from rlvr.config import DeepSpeedConfig, ModelConfig  # noqa: E402
 from rlvr.learner import Learner  # noqa: E402
 
@@ -72,7 +72,7 @@ def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_me
     torch.manual_seed(0)
     learner, tok = make(REPO / "rlvr" / "tiny" / "model")
     losses, norms = map(list, zip(*(one_step(learner, step, agg) for step in range(STEPS))))
-    learner.save_hf(out / f"hf_stage{stage}", tok)
+    checkpoint.save_model(learner, tok, out / f"hf_stage{stage}")
     # Resume: a new learner from the HF checkpoint and the saved optimizer/scheduler state takes the next
     # step exactly as the learner that wrote them does.
     learner.save_state(out / f"state_stage{stage}")

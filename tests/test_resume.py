@@ -27,10 +27,12 @@ from rlvr.grpo import train
 from tests.conftest import REPO, TINY_DATA, TINY_MODEL
 
 RECIPE = REPO / "recipes" / "tiny_zero.yaml"
-# 4 steps of 2 prompts x 4 samples: under 1 s a step on one thread; most of a run is start-up
+# 4 steps of 2 prompts x 4 samples: about 1 s a step on one thread; most of a run is start-up. 48 new
+# tokens let the tiny model finish answers, so rewards differ within groups and every step really trains
+# (at 16 all rewards are 0, the weights never move, and a resume would match even with the optimizer lost).
 TINY = {"model.path": str(TINY_MODEL), "data.train": str(TINY_DATA / "train.jsonl"), "data.test": str(TINY_DATA / "test.jsonl"),
         "grpo.steps": 4, "grpo.prompts_per_step": 2, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
-        "sampler.max_new_tokens": 16, "eval.problems": 2, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
+        "sampler.max_new_tokens": 48, "eval.problems": 2, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
 
 
 def cli(out: Path, *extra: str, crash_at: str = "") -> subprocess.CompletedProcess:
@@ -54,6 +56,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def assert_same_run(out: Path, ref: Path) -> None:
     assert metrics(out) == metrics(ref)
+    assert all(r["grad_norm"] > 0 for r in metrics(ref)[:3]), "the steps around the kill must update the weights"
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
     assert (out / "final" / "model.safetensors").read_bytes() == (ref / "final" / "model.safetensors").read_bytes()
 
@@ -90,11 +93,13 @@ STAGES = {
     "sft": ("tiny_sft.yaml", {"sft.steps": 4, "sft.seqs_per_step": 4, "sft.micro_batch_seqs": 4, "sft.eval_examples": 2,
                               "sft.eval_max_new_tokens": 8}),
     "dpo": ("tiny_dpo.yaml", {"dpo.steps": 4, "dpo.pairs_per_step": 4, "dpo.micro_batch_pairs": 4, "dpo.eval_pairs": 2}),
+    "reward_model": ("tiny_reward_model.yaml", {"reward_model.steps": 4, "reward_model.pairs_per_step": 4,
+                                                "reward_model.micro_batch_pairs": 4, "reward_model.eval_pairs": 2}),
 }
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_sft_and_dpo_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_path):
+def test_sft_dpo_rm_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_path):
     recipe, over = STAGES[stage]
     over = {**over, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
     ref, out = tmp_path / "ref", tmp_path / "run"
@@ -112,7 +117,7 @@ def test_sft_and_dpo_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_pa
 
 
 class Saveable:
-    """The save_pretrained interface of a model or tokenizer, writing one small file."""
+    """What checkpoints call on a learner (save_pretrained, save_state) or tokenizer, writing small files."""
 
     def __init__(self, value: float = 0.0):
         self.w = torch.full((4,), value)
@@ -120,6 +125,10 @@ class Saveable:
     def save_pretrained(self, path):
         Path(path).mkdir(parents=True, exist_ok=True)
         torch.save(self.w, Path(path) / "weights.pt")
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        torch.save(-self.w, Path(path) / "learner.pt")
 
 
 def save(root, step, score=None, **kw):

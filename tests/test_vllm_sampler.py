@@ -9,6 +9,7 @@ engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by rlvr.vllm_
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,20 @@ def test_tiny_zero_runs_on_vllm(tmp_path):
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and '"mismatch/logprob_abs"' in metrics[-1]
     print(f"tiny_zero 2 steps on vllm: {time.time() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_tiny_zero_on_vllm_with_two_learner_ranks(tmp_path):
+    """torchrun with 2 ranks: each rank's in-process engine samples its share of the prompts and takes
+    its rank's weights after every step (on CPU each engine is a world of one beside the learner's gloo
+    group). The learner must score those samples as the engine did."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlvr.train",
+           "recipes/tiny_zero.yaml", "--sampler.backend=vllm", "--grpo.steps=2", "--grpo.prompts_per_step=4",
+           "--grpo.micro_batch_seqs=16", "--eval.problems=4", "--cpu_threads=1", f"--output_dir={tmp_path / 'run'}"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    # step 2 samples with the weights pushed after step 1; with the push disabled this assertion fails
+    assert all(0 <= r["mismatch/logprob_abs"] < 1e-4 and r["grad_norm"] > 0 for r in rows), rows
