@@ -21,6 +21,7 @@ Fault injection for tests: ``RLVR_CRASH_AT=<point>`` SIGKILLs the process at ``c
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -30,6 +31,7 @@ import threading
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from rlvr import dist
 
@@ -334,6 +336,30 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def end_step(cfg, stop, step: int, metrics: dict, bad_steps: int, save) -> int:
+    """How every GRPO, SFT, DPO and reward-model step ends: count the steps in a row whose update was
+    skipped (non-finite loss or gradient: ``metrics["grad_norm"]``, absent when nothing was learnt), save a checkpoint when
+    one is due, on SIGINT/SIGTERM (seen by any rank) or when that count reaches ``max_bad_steps``, and
+    stop after the last two. ``save(step, bad_steps, score)`` runs on every rank. -> the new count."""
+    last = getattr(cfg, cfg.stage).steps  # the stage's section: cfg.grpo, cfg.sft, cfg.dpo, cfg.reward_model
+    bad_steps = 0 if math.isfinite(metrics.get("grad_norm", 0.0)) else bad_steps + 1
+    if bad_steps and dist.is_main():
+        tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_steps} such step(s) in a row; "
+                   f"the run stops at max_bad_steps={cfg.max_bad_steps})")
+    due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last
+    signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
+    if due or signum or bad_steps >= cfg.max_bad_steps:
+        path = save(step, bad_steps, metrics.get(cfg.keep_best_metric))
+    if bad_steps >= cfg.max_bad_steps:
+        raise RunStopped(
+            f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
+            f"weights in {path} are the last finite ones). Check the data and rewards for NaN, lower {cfg.stage}.lr, then --resume={path}")
+    if signum:
+        raise RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
+                              f"continue with --resume=auto", exit_code=128 + signum)
+    return bad_steps
 
 
 def load_state(path: Path) -> dict:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rlvr import algos, checkpoint as ckpt, data as data_lib, dist, model as model_lib
 from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
-from rlvr.sft import end_step, load_policy, micro_batches
+from rlvr.sft import load_policy, micro_batches
 
 
 def encode(pairs: list[data_lib.Preference], tok, d) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
@@ -122,7 +122,7 @@ def train(cfg) -> dict:
         if test_pairs:
             summary["eval_initial"] = evaluate(learner, test_enc, ref_test, cfg, pad)
             dist.print0(f"initial held-out: {summary['eval_initial']}")
-    logger = MetricsLogger(out, enabled=main)
+    logger = MetricsLogger(out, enabled=main, first_step=first)
 
     def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
         state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
@@ -151,7 +151,7 @@ def train(cfg) -> dict:
             ckpt.crash_point(f"step{step}")
             logger.log(step, m)
             bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
-            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
+            bad_steps = ckpt.end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     if test_pairs:
         summary["eval_final"] = evaluate(learner, test_enc, ref_test, cfg, pad)

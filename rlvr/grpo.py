@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -271,7 +270,7 @@ def train(cfg) -> dict:
         dist.print0(f"initial greedy eval: {summary['eval_initial']}")
     logger = MetricsLogger(out, enabled=main, first_step=first)
 
-    def save(step, score=None, **at):  # every rank calls: ZeRO shards are written by their ranks
+    def save(step, bad_steps, score=None, **at):  # every rank calls: ZeRO shards are written by their ranks
         state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps, **at)
         return ckpt.save_run(cfg, out, step, learner, tok, state, score)
 
@@ -286,7 +285,7 @@ def train(cfg) -> dict:
                 traceback.print_exc()
                 prev = out / "checkpoints" / f"step_{step - 1}"
                 # Saving is collective: with other ranks still sampling, only a single process can save here.
-                path = prev if ckpt.is_valid(prev) or dist.world_size() > 1 else save(step - 1, **at_start)
+                path = prev if ckpt.is_valid(prev) or dist.world_size() > 1 else save(step - 1, bad_steps, **at_start)
                 raise ckpt.RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto") from e
             if dist.world_size() > 1:  # rollout metrics over all ranks: means of means (equal shards), sums of counts
                 metrics = {k: dist.global_sum(v) / (1 if k.startswith(("verifier/", "sampling/kept")) else dist.world_size())
@@ -318,21 +317,7 @@ def train(cfg) -> dict:
                     metrics.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
             logger.log(step, metrics)
             bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}")
-            bad_steps = bad_steps + 1 if metrics.get("skipped_steps") else 0
-            if bad_steps:
-                tqdm.write(f"step {step}: non-finite loss or gradient, {metrics['skipped_steps']:.0f} update(s) skipped "
-                           f"({bad_steps} such step(s) in a row; the run stops at max_bad_steps={cfg.max_bad_steps})")
-            due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != g.steps
-            signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
-            if due or signum or bad_steps >= cfg.max_bad_steps:
-                path = save(step, metrics.get(cfg.keep_best_metric))
-            if bad_steps >= cfg.max_bad_steps:
-                raise ckpt.RunStopped(
-                    f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
-                    f"weights in {path} are the last finite ones). Check rewards for NaN, lower grpo.lr, then --resume={path}")
-            if signum:
-                raise ckpt.RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
-                                      f"continue with --resume=auto", exit_code=128 + signum)
+            bad_steps = ckpt.end_step(cfg, stop, step, metrics, bad_steps, save)
     bar.close()
 
     summary["eval_final"] = evaluate_greedy(cfg, sampler, test_set, test_prompts, out if main else None, "eval_final")

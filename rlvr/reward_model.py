@@ -29,7 +29,7 @@ from rlvr import algos, checkpoint as ckpt, data as data_lib, dist
 from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.model import DTYPES, ModelError
-from rlvr.sft import end_step, micro_batches
+from rlvr.sft import micro_batches
 
 
 def load(path: str, dtype: str = "float32", chat_template: str = ""):
@@ -123,7 +123,7 @@ def train(cfg) -> dict:
         if test_pairs:
             summary["eval_initial"] = evaluate(learner, tok, test_texts, 2 * s.micro_batch_pairs)
             dist.print0(f"initial held-out: {summary['eval_initial']}")
-    logger = MetricsLogger(out, enabled=main)
+    logger = MetricsLogger(out, enabled=main, first_step=first)
 
     def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
         state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
@@ -154,7 +154,7 @@ def train(cfg) -> dict:
             ckpt.crash_point(f"step{step}")
             logger.log(step, m)
             bar.set_postfix(loss=f"{m['train/loss']:.3f}", acc=f"{m['train/accuracy']:.2f}")
-            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
+            bad_steps = ckpt.end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     if test_pairs:
         summary["eval_final"] = evaluate(learner, tok, test_texts, 2 * s.micro_batch_pairs)

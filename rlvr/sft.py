@@ -13,7 +13,7 @@ checkpoint (``OUTPUT_DIR/final``) is an HF model that any recipe's ``model.path`
 
 Like every stage it trains through ``rlvr.learner`` on 1 or N processes (``torchrun``), each rank on its
 shard of a step's rows, with ``deepspeed.zero_stage`` 0 or 2; 3 only without a held-out set, whose
-greedy replies need whole weights. ``micro_batches`` and ``end_step`` here serve the DPO and
+greedy replies need whole weights. ``micro_batches`` here serves the DPO and
 reward-model loops too.
 """
 
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-import signal
 import time
 
 import torch
@@ -53,30 +51,6 @@ def micro_batches(rows: list[int], micro: int) -> list[tuple[list[int], float]]:
     out = [(mine[i:i + micro], 1.0) for i in range(0, len(mine), micro)]
     filler = (out[0][0] if out else rows[:micro], 0.0)
     return out + [filler] * (int(dist.global_max(len(out))) - len(out))
-
-
-def end_step(cfg, stop, step: int, metrics: dict, bad_steps: int, save) -> int:
-    """How every SFT, DPO and reward-model step ends, as GRPO's does: count the steps in a row whose
-    update was skipped (non-finite loss or gradient: ``metrics["grad_norm"]``), save a checkpoint when
-    one is due, on SIGINT/SIGTERM (seen by any rank) or when that count reaches ``max_bad_steps``, and
-    stop after the last two. ``save(step, bad_steps, score)`` runs on every rank. -> the new count."""
-    last = getattr(cfg, cfg.stage).steps  # the stage's section: cfg.sft, cfg.dpo, cfg.reward_model
-    bad_steps = 0 if math.isfinite(metrics["grad_norm"]) else bad_steps + 1
-    if bad_steps and dist.is_main():
-        tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_steps} such step(s) in a row; "
-                   f"the run stops at max_bad_steps={cfg.max_bad_steps})")
-    due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last
-    signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
-    if due or signum or bad_steps >= cfg.max_bad_steps:
-        path = save(step, bad_steps, metrics.get(cfg.keep_best_metric))
-    if bad_steps >= cfg.max_bad_steps:
-        raise ckpt.RunStopped(
-            f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
-            f"weights in {path} are the last finite ones). Check the data, lower {cfg.stage}.lr, then --resume={path}")
-    if signum:
-        raise ckpt.RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
-                              f"continue with --resume=auto", exit_code=128 + signum)
-    return bad_steps
 
 
 def encode(convs: list[data_lib.Conversation], tok, d) -> list[tuple[list[int], list[float], int]]:
@@ -212,7 +186,7 @@ def train(cfg) -> dict:
         summary, bad_steps, first = state["summary"], state["bad_steps"], state["step"] + 1
     else:
         summary["eval_initial"], bad_steps, first = evaluate("eval_initial"), 0, 1
-    logger = MetricsLogger(out, enabled=main)
+    logger = MetricsLogger(out, enabled=main, first_step=first)
 
     def save(step, bad_steps, score):  # every rank calls: ZeRO shards are written by their ranks
         state = ckpt.loop_state(stream, summary=summary, bad_steps=bad_steps)
@@ -241,7 +215,7 @@ def train(cfg) -> dict:
             ckpt.crash_point(f"step{step}")
             logger.log(step, m)
             bar.set_postfix(loss=f"{m['loss']:.3f}")
-            bad_steps = end_step(cfg, stop, step, m, bad_steps, save)
+            bad_steps = ckpt.end_step(cfg, stop, step, m, bad_steps, save)
     bar.close()
     summary["eval_final"] = evaluate("eval_final")
     ckpt.save_model(learner, tok, out / "final")

@@ -121,7 +121,7 @@ def test_two_step_sft_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
 
 
 def test_stage_step_tail_checkpoints_and_stops_like_grpo():
-    """sft.end_step, the end of every SFT, DPO and reward-model step: NaN streaks, due checkpoints, signals."""
+    """checkpoint.end_step, the end of every GRPO, SFT, DPO and reward-model step: NaN streaks, due checkpoints, signals."""
     import signal
     from types import SimpleNamespace
 
@@ -131,7 +131,7 @@ def test_stage_step_tail_checkpoints_and_stops_like_grpo():
                                                 "keep_best_metric": "loss"})
     saved, stop = [], SimpleNamespace(signum=None)
     save = lambda step, bad, score: saved.append((step, bad, score)) or f"step_{step}"  # noqa: E731
-    tail = lambda step, norm, bad: sft.end_step(cfg, stop, step, {"grad_norm": norm, "loss": 0.5}, bad, save)  # noqa: E731
+    tail = lambda step, norm, bad: ckpt.end_step(cfg, stop, step, {"grad_norm": norm, "loss": 0.5}, bad, save)  # noqa: E731
     assert tail(1, float("nan"), 0) == 1 and saved == []
     assert tail(2, 3.0, 1) == 0 and saved == [(2, 0, 0.5)]  # due; a finite step ends the streak
     assert tail(4, float("inf"), 0) == 1
