@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_throughput.py                     # CPU: the tiny model, 16 prompts x 8
     python benchmarks/grpo_throughput.py --workload qwen05b  # GPU: Qwen2.5-0.5B-shaped, random weights, bf16
+    python benchmarks/grpo_throughput.py --compile           # ours with sampler.compile (static cache, compiled step)
 
 Each side runs in its own subprocess (so peak memory is its own) for ``--steps`` GRPO steps with the
 same prompts, group size, generation budget, temperature 1.0, beta 0 and a trivial reward (this
@@ -89,7 +90,10 @@ def run_ours(w: dict, a) -> dict:
         "model.path": w["model"], "model.dtype": w["dtype"], "sampler.max_new_tokens": w["max_new_tokens"],
         "sampler.temperature": 1.0, "grpo.prompts_per_step": a.prompts, "grpo.samples_per_prompt": a.samples,
         "grpo.micro_batch_seqs": a.micro_batch_seqs, "grpo.lr": 1e-6,
-        "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]", "sampler.batch_seqs": 256})
+        "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]", "sampler.compile": a.compile,
+        # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
+        # rows for the static one (it pads every chunk to batch_seqs rows).
+        "sampler.batch_seqs": min(256, a.prompts * a.samples)})
     model, tok = model_lib.load(cfg.model, a.device)
     problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
     prompts = [tok(p)["input_ids"] for p in w["prompts"]]
@@ -196,6 +200,7 @@ def main():
     p.add_argument("--micro_batch_seqs", type=int, default=0, help="ours; default 64 on tiny, 16 on qwen05b")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
+    p.add_argument("--compile", action="store_true", help="ours: sampler.compile (the first, uncounted step compiles)")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; 0.1 on cpu)")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -229,7 +234,8 @@ def main():
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
     ours, trl = results["ours"], results["trl"]
     print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
-          f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)")
+          f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)"
+          + (", rlvr with sampler.compile" if a.compile else ""))
     print(f"| {'metric':<16} | {'rlvr':>10} | {'TRL':>10} | {'rlvr/TRL':>8} |")
     print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
     for k in ours:

@@ -67,6 +67,10 @@ class SamplerConfig:
     top_p: float = 1.0
     max_new_tokens: int = 1024
     batch_seqs: int = 256  # hf backend: sequences generated together
+    # hf backend: fixed-shape decode, its token step under torch.compile (CUDA graphs on a GPU): far fewer
+    # kernel launches per token. Every chunk pads to batch_seqs rows (so set it near the rows a step samples)
+    # in a KV cache kept between calls; each new (rows, prompt + new tokens) shape compiles once (~1 min).
+    compile: bool = False
     gpu_memory_utilization: float = 0.3  # vllm: TRL learnt to leave the learner room (trl#2688)
     enable_sleep: bool = True  # vllm: free the KV cache and weights while the learner steps
     tensor_parallel_size: int = 1

@@ -7,15 +7,19 @@ while the learner steps (meaningful for vLLM, free for ``hf``). Tests swap in a 
 
 The ``hf`` backend is a short KV-cached decode loop over the learner's own transformers model: no
 second copy of the weights, so the sync is exact by construction, and the log-probabilities are
-those of the very distribution it sampled from. ``rlvr.vllm_sampler`` is the fast backend.
+those of the very distribution it sampled from. ``sampler.compile`` runs its token steps with fixed
+shapes under torch.compile (CUDA graphs on a GPU). ``rlvr.vllm_sampler`` is the fast backend.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 import torch
+
+SYNC_EVERY = 16  # static path: tokens decoded between host checks that every row has finished
 
 
 @dataclass
@@ -55,12 +59,24 @@ class Sampler(Protocol):
 
 
 class HFSampler:
-    """KV-cached batched sampling with the learner's transformers model (shared, not copied)."""
+    """KV-cached batched sampling with the learner's transformers model (shared, not copied).
 
-    def __init__(self, model, tokenizer, batch_seqs: int = 256):
+    Two decode paths share the prefill (once per prompt), the sampling and the EOS cut. The dynamic
+    one grows a ``DynamicCache`` by a column per token: simple, and fine on CPU, but on a GPU every
+    token is a few hundred small kernel launches from Python. The static one (``static``, or
+    ``compile``) gives each token step fixed shapes: a KV cache preallocated for prompt +
+    ``max_new_tokens``, a full-length attention mask, a full chunk's rows. ``compile`` then compiles
+    that step once per shape (CUDA graphs on a GPU, so a token costs one graph replay).
+    """
+
+    def __init__(self, model, tokenizer, batch_seqs: int = 256, compile: bool = False, static: bool = False):
         self.model, self.tokenizer, self.batch_seqs = model, tokenizer, batch_seqs
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.static, self.compile = static or compile, compile
+        # Kept across calls: a compiled graph (a CUDA graph above all) is bound to its cache's addresses.
+        self._caches: dict[tuple, object] = {}
+        self._step = None
 
     def update_weights(self, named_tensors) -> None:
         # The sampler *is* the learner's module: nothing to copy. Consume the iterator so a caller that
@@ -78,62 +94,59 @@ class HFSampler:
     def generate(self, prompts, n, *, temperature, top_p=1.0, max_new_tokens, seed=0) -> Rollout:
         gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
         per_chunk = max(1, self.batch_seqs // n)  # whole groups per chunk: a prompt is prefilled once
-        parts = [self._generate(prompts[i:i + per_chunk], n, temperature, top_p, max_new_tokens, gen)
+        parts = [self._generate(prompts[i:i + per_chunk], n, temperature, top_p, max_new_tokens, gen, per_chunk)
                  for i in range(0, len(prompts), per_chunk)]
         return Rollout.concat(parts)
 
-    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, gen) -> Rollout:
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, gen, per_chunk) -> Rollout:
         model, device = self.model, next(self.model.parameters()).device
         was_training = model.training
         model.eval()
-        B, P = len(prompts), max(len(p) for p in prompts)
+        rows = B = len(prompts) * n
+        P = max(map(len, prompts))
+        if self.static:  # shapes that recur, so one compiled step serves every chunk: a full chunk's rows
+            # (padding rows after the real ones) and the prompt width rounded up to a power of two
+            B, P = per_chunk * n, max(16, 1 << (P - 1).bit_length())
         # Left padding keeps every sequence's next token at the same column.
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, P), dtype=torch.long)
+        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), P), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, P - len(p):] = torch.tensor(p)
             attn[i, P - len(p):] = 1
         ids, attn = ids.to(device), attn.to(device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
-        if n > 1:  # the n samples of a prompt share its prefill: compute once, copy the KV cache
-            cache.batch_repeat_interleave(n)
-            logits, attn, pos = (t.repeat_interleave(n, dim=0) for t in (logits, attn, pos))
-            prompts = [p for p in prompts for _ in range(n)]
-            B = len(prompts)
-        next_pos = pos[:, -1:] + 1
-        # Everything stays on the model's device: one small sync per step (done.all), no logits copies.
+        head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **head)
+        # Each prompt is prefilled once; row r samples prompt r // n from a copy of its KV cache (padding
+        # rows copy the last prompt).
+        rep = (torch.arange(B, device=device) // n).clamp(max=len(prompts) - 1)
+        logits, attn, pos = out.logits[rep, -1, :], attn[rep], pos[rep, -1:]
+        decode = self._static_decode if self.static else self._dynamic_decode
+        step = decode(out.past_key_values, rep, attn, pos, max_new_tokens, temperature, top_p)
+
+        # Everything stays on the model's device; the host waits only for the done.all() check, every
+        # token on the dynamic path (each extra step there grows the cache), every SYNC_EVERY on the
+        # static one (a sync stops the host from queueing steps ahead of the GPU).
+        every = SYNC_EVERY if self.static else 1
         tokens = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((B, max_new_tokens), device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        done = torch.arange(B, device=device) >= rows  # padding rows count as finished from the start
         eos = torch.tensor(sorted(self.eos_ids), device=device)
+        # Sampling noise is drawn here, from the seeded generator, outside any compiled graph.
+        draw = lambda: None if temperature == 0 else torch.empty_like(logits).exponential_(generator=gen)  # noqa: E731
+        tok, lp = _pick(logits, temperature, top_p, draw())
         for t in range(max_new_tokens):
-            logits = logits.float()
-            if temperature == 0:
-                tok = logits.argmax(-1)
-                lp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
-            else:
-                logp = (logits / temperature).log_softmax(-1)
-                probs = logp.exp()
-                if top_p < 1.0:
-                    probs = _top_p(probs, top_p)
-                tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-                lp = logp.gather(-1, tok[:, None]).squeeze(-1)
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             tokens[:, t], logps[:, t] = tok, lp
             done |= torch.isin(tok, eos)
-            if done.all():
+            if t + 1 == max_new_tokens or (t + 1) % every == 0 and done.all():
                 break
-            attn = torch.cat([attn, (~done).long()[:, None]], 1)
-            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                        past_key_values=cache, use_cache=True)
-            cache, logits, next_pos = out.past_key_values, out.logits[:, -1, :], next_pos + 1
-        tokens, logps = tokens[:, : t + 1].cpu(), logps[:, : t + 1].cpu()
+            tok, lp = step(tok, draw())
+        tokens, logps = tokens[:rows, : t + 1].cpu(), logps[:rows, : t + 1].cpu()
         model.train(was_training)
 
         completion_ids, lps, truncated = [], [], []
-        for i in range(B):
+        for i in range(rows):
             row = tokens[i].tolist()
             stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
             keep = len(row) if stop is None else stop + 1
@@ -142,15 +155,86 @@ class HFSampler:
             lps.append(logps[i, :keep].tolist())
             truncated.append(stop is None)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return Rollout([list(p) for p in prompts], completion_ids, texts, lps, truncated)
+        return Rollout([list(p) for p in prompts for _ in range(n)], completion_ids, texts, lps, truncated)
+
+    def _dynamic_decode(self, cache, rep, attn, pos, max_new_tokens, temperature, top_p):
+        """The prefill's DynamicCache, a column longer each token -> step(token, noise) -> next token, logprob."""
+        cache.batch_select_indices(rep)
+        ones = torch.ones_like(attn[:, :1])
+
+        def step(tok, noise):
+            nonlocal attn, pos
+            # The new column is 1 even for finished rows: their later outputs are cut off anyway.
+            attn, pos = torch.cat([attn, ones], 1), pos + 1
+            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
+                             use_cache=True)
+            return _pick(out.logits[:, -1, :], temperature, top_p, noise)
+
+        return step
+
+    def _static_decode(self, prefill, rep, attn, pos, max_new_tokens, temperature, top_p):
+        """The prefill copied into a cache preallocated for the full length -> step(token, noise) as above."""
+        from transformers import StaticCache
+
+        (B, P), L = attn.shape, attn.shape[1] + max_new_tokens
+        key = (B, L, next(self.model.parameters()).dtype, attn.device)
+        if key not in self._caches:
+            self._caches[key] = StaticCache(config=self.model.config, max_cache_len=L)
+        cache = self._caches[key]
+        cache.reset()
+        for i, layer in enumerate(prefill.layers):  # writes columns 0..P-1; the cache advances its own position
+            cache.update(layer.keys[rep], layer.values[rep], i)
+        # The mask spans the whole cache: ones over the completion columns, which the causal mask hides
+        # until they are written. Finished rows keep attending; their outputs are cut off anyway.
+        attn = torch.cat([attn, attn.new_ones(B, max_new_tokens)], 1)
+        if self.compile and self._step is None:
+            # dynamic=False: one graph per (B, L), never a shape-generic one; reduce-overhead: CUDA graphs.
+            self._step = torch.compile(_static_step, dynamic=False,
+                                       mode="reduce-overhead" if attn.device.type == "cuda" else None)
+        fn = self._step if self.compile else _static_step
+
+        def step(tok, noise):
+            nonlocal pos
+            pos = pos + 1
+            # A CUDA graph's outputs live until its next replay; the loop copies them out before that.
+            torch.compiler.cudagraph_mark_step_begin()
+            return fn(self.model, cache, tok, attn, pos, noise, temperature, top_p)
+
+        return step
+
+
+def _static_step(model, cache, tok, attn, pos, noise, temperature, top_p):
+    """One fixed-shape decode step: tok (B,), attn (B, L), pos (B, 1) -> next token (B,), its logprob (B,).
+    The cache advances in place (transformers' StaticCache tracks its own write position)."""
+    logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
+                   use_cache=True).logits[:, -1, :]
+    return _pick(logits, temperature, top_p, noise)
+
+
+def _pick(logits, temperature, top_p, noise):
+    """(B, V) logits -> token (B,), its log-probability under softmax(logits / T) (B,); no host sync.
+
+    temperature 0: greedy (the logprob is at T=1). Otherwise a sample from the top-p renormalised
+    distribution: argmax(probs / noise) with noise ~ Exp(1) (B, V) is exactly what torch.multinomial
+    does for one sample, minus its validity check that waits for the device."""
+    logits = logits.float()
+    if temperature == 0:
+        logp = logits.log_softmax(-1)
+        tok = logits.argmax(-1)
+    else:
+        logp = (logits / temperature).log_softmax(-1)
+        probs = logp.exp()
+        if top_p < 1.0:
+            probs = _top_p(probs, top_p)
+        tok = (probs / noise).argmax(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero out the tail beyond cumulative probability top_p (nucleus sampling); (B, V) -> (B, V)."""
     sorted_p, idx = probs.sort(-1, descending=True)
     drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the token that crosses top_p
-    sorted_p[drop] = 0.0
-    return torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.zeros_like(probs).scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))  # masked_fill: no host sync
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -1,0 +1,119 @@
+"""The hf sampler's static-shape decode path (sampler.compile) against the dynamic path and the learner."""
+
+import functools
+import json
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from rlvr import model as model_lib
+from rlvr.config import ModelConfig
+from rlvr.sampler import HFSampler
+from rlvr.templates import R1_ZERO
+from tests.conftest import TINY_DATA, TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = model_lib.load(ModelConfig(path=str(TINY_MODEL)))
+    rows = [json.loads(line) for line in open(TINY_DATA / "test.jsonl")][:9]
+    texts = [R1_ZERO.format(question=rows[i]["question"]) for i in (0, 1, 8, 3)]
+    texts.insert(3, f"User: {rows[2]['question']} Assistant:")
+    prompts = [tok(t)["input_ids"] for t in texts]
+    assert len(set(map(len, prompts))) == 4  # lengths differ: left padding and per-row positions matter
+    return model, tok, prompts
+
+
+def same(a, b, atol=1e-5):
+    assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids
+    assert a.texts == b.texts and a.truncated == b.truncated
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert torch.allclose(torch.tensor(x), torch.tensor(y), atol=atol)
+
+
+@pytest.mark.parametrize("n, batch_seqs", [(1, 8), (2, 4)])  # padding rows in every chunk; several chunks
+def test_static_greedy_equals_dynamic(tiny, n, batch_seqs):
+    model, tok, prompts = tiny
+    kw = dict(temperature=0.0, max_new_tokens=40)
+    dyn = HFSampler(model, tok, batch_seqs=batch_seqs).generate(prompts, n, **kw)
+    static = HFSampler(model, tok, batch_seqs=batch_seqs, static=True).generate(prompts, n, **kw)
+    same(dyn, static)
+    assert any(dyn.truncated) and not all(dyn.truncated)  # both the EOS cut and the max_new_tokens stop
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_static_samples_carry_the_learners_logprobs(tiny, temperature, top_p):
+    model, tok, prompts = tiny
+    n = 3
+    s = HFSampler(model, tok, batch_seqs=8, static=True)  # chunks of 2 prompts: the last is padded
+    ro = s.generate(prompts, n, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=7)
+    assert ro.prompt_ids == [p for p in prompts for _ in range(n)]  # group order: prompt i's rows i*n .. i*n+n-1
+    assert len(set(map(tuple, ro.completion_ids))) > len(prompts)  # it sampled, not one answer per prompt
+    for ids, truncated in zip(ro.completion_ids, ro.truncated):
+        assert truncated == (ids[-1] not in s.eos_ids) and not set(ids[:-1]) & s.eos_ids
+    with torch.no_grad():
+        logp, mask = model_lib.grouped_logprobs(model, ro.prompt_ids, ro.completion_ids, n, s.pad_id, temperature)
+    for i, lp in enumerate(ro.logprobs):
+        assert mask[i].sum() == len(lp)
+        assert torch.allclose(logp[i, : len(lp)], torch.tensor(lp), atol=1e-4)
+    again = s.generate(prompts, n, temperature=temperature, top_p=top_p, max_new_tokens=40, seed=7)
+    same(ro, again, atol=0)
+
+
+def test_full_chunk_samples_exactly_what_the_dynamic_path_samples(tiny):
+    """Without padding rows both paths draw the same noise, so the same seed gives the same samples."""
+    model, tok, prompts = tiny
+    kw = dict(temperature=1.0, max_new_tokens=40, seed=3)
+    same(HFSampler(model, tok, batch_seqs=10).generate(prompts, 2, **kw),
+         HFSampler(model, tok, batch_seqs=10, static=True).generate(prompts, 2, **kw))
+
+
+def test_compiled_step_is_one_graph_and_fewer_prompts_do_not_recompile(tiny, monkeypatch):
+    """Dynamo's capture on the eager backend (seconds; inductor itself is the slow test below)."""
+    model, tok, prompts = tiny
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    s = HFSampler(model, tok, batch_seqs=8, compile=True)
+    ro = s.generate(prompts[:4], 2, temperature=1.0, max_new_tokens=24, seed=1)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    fewer = s.generate(prompts[2:3], 2, temperature=1.0, max_new_tokens=24, seed=1)  # 1 prompt, padded to 4
+    assert counters["stats"]["unique_graphs"] == 1
+    assert len(fewer) == 2 and fewer.prompt_ids == [prompts[2]] * 2
+    same(ro, HFSampler(model, tok, batch_seqs=8, static=True).generate(prompts[:4], 2, temperature=1.0,
+                                                                     max_new_tokens=24, seed=1))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_path_matches_the_uncompiled_static_path(tiny):
+    """torch.compile with inductor (C++ on CPU): about two minutes cold on 2 cores, seconds with its disk cache."""
+    model, tok, prompts = tiny
+    torch._dynamo.reset()
+    compiled = HFSampler(model, tok, batch_seqs=4, compile=True)
+    static = HFSampler(model, tok, batch_seqs=4, static=True)
+    for temperature in (0.0, 1.0):
+        kw = dict(temperature=temperature, max_new_tokens=40, seed=2)
+        same(compiled.generate(prompts, 2, **kw), static.generate(prompts, 2, **kw), atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_path_matches_dynamic_and_the_learner():
+    """The same checks on a GPU, where compile means CUDA graphs (mode reduce-overhead)."""
+    model, tok = model_lib.load(ModelConfig(path=str(TINY_MODEL)), "cuda")
+    rows = [json.loads(line) for line in open(TINY_DATA / "test.jsonl")][:6]
+    prompts = [tok(R1_ZERO.format(question=r["question"]))["input_ids"] for r in rows]
+    torch._dynamo.reset()
+    counters.clear()
+    s = HFSampler(model, tok, batch_seqs=12, compile=True)
+    same(HFSampler(model, tok, batch_seqs=12).generate(prompts, 2, temperature=0.0, max_new_tokens=40),
+         s.generate(prompts, 2, temperature=0.0, max_new_tokens=40), atol=1e-4)
+    ro = s.generate(prompts, 4, temperature=1.0, max_new_tokens=40, seed=1)
+    graphs = counters["stats"]["unique_graphs"]
+    s.generate(prompts[:2], 4, temperature=1.0, max_new_tokens=40, seed=1)
+    assert counters["stats"]["unique_graphs"] == graphs
+    with torch.no_grad():
+        logp, _ = model_lib.grouped_logprobs(model, ro.prompt_ids, ro.completion_ids, 4, s.pad_id, 1.0)
+    for i, lp in enumerate(ro.logprobs):
+        assert torch.allclose(logp[i, : len(lp)].cpu(), torch.tensor(lp), atol=1e-3)
