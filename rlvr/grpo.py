@@ -46,7 +46,7 @@ class SamplerCrash(RuntimeError):
 
 def make_sampler(cfg, model, tokenizer):
     if cfg.sampler.backend == "hf":
-        return HFSampler(model, tokenizer, batch_seqs=cfg.sampler.batch_seqs)
+        return HFSampler(model, tokenizer, batch_seqs=cfg.sampler.batch_seqs, compile=cfg.sampler.compile)
     from rlvr.vllm_sampler import VLLMSampler
 
     return VLLMSampler(cfg.model, cfg.sampler, seed=cfg.seed)
