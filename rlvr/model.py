@@ -6,12 +6,17 @@ checkpoint (ours included), or a hub id for users online.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rlvr import algos, dist
 
+# Completion tokens per LM-head chunk. One chunk's logits and its fp32 softmax buffers (~14 bytes x
+# chunk x V: 2 GB at 1024 x Qwen2.5's 151,936) are all of the vocabulary-sized memory the learner holds.
+HEAD_CHUNK_TOKENS = 1024
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,35 +67,30 @@ def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: in
 
 
 def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
-                        with_entropy: bool = False):
+                        with_entropy: bool = False, chunk_tokens: int | None = None):
     """Log-probabilities of each target token: -> logp (B, L-1), mask (B, L-1)[, entropy (B, L-1)].
 
     Position t of the outputs scores token t+1 of ``ids``. Only completion positions go through the
-    LM head, so a 150k vocabulary does not materialise logits for the prompt too."""
+    LM head, so a 150k vocabulary does not materialise logits for the prompt too, and those in chunks
+    of ``chunk_tokens`` (see ``head_logprobs``). The entropy is differentiable (``grpo.entropy_coef``)."""
     out = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
     hidden = out.last_hidden_state[:, :-1]  # (B, L-1, H)
     target_mask = mask[:, 1:]  # (B, L-1)
     sel = target_mask.bool()
-    logits = model.get_output_embeddings()(hidden[sel])  # (N, V)
-    logp = torch.zeros(target_mask.shape, dtype=torch.float32, device=ids.device)
-    logp[sel] = algos.token_logprobs(logits, ids[:, 1:][sel], temperature)
-    if not with_entropy:
-        return logp, target_mask
-    ent = torch.zeros_like(logp)
-    with torch.no_grad():
-        ent[sel] = algos.entropy(logits, temperature)
-    return logp, target_mask, ent
+    outs = head_logprobs(model, hidden[sel], ids[:, 1:][sel], temperature, with_entropy, chunk_tokens)
+    return _scatter(outs, sel, target_mask)
 
 
 def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
-                     temperature: float = 1.0, with_entropy: bool = False):
+                     temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
     """Log-probabilities of completion tokens -> logp (B, Tc), mask (B, Tc)[, entropy (B, Tc)].
 
     Rows come in groups of ``group_size`` completions of one prompt (GRPO's layout). Each prompt runs
     through the model once and its KV cache serves the whole group, so a long prompt costs one forward
     instead of G; gradients from all G samples flow back through the shared prompt activations.
-    Column j scores completion token j. (Gradient checkpointing turns the cache off in transformers,
-    so then every row runs whole through ``completion_logprobs``.)"""
+    Column j scores completion token j; ``chunk_tokens`` as in ``completion_logprobs``. (Gradient
+    checkpointing turns the cache off in transformers, so then every row runs whole through
+    ``completion_logprobs``.)"""
     device = next(model.parameters()).device
     B, G = len(completions), group_size
     Tc = max(map(len, completions))
@@ -103,7 +103,8 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.23's name
     if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         ids, attn, mask = pad_batch(prompts, completions, pad_id)
-        out = completion_logprobs(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy)
+        out = completion_logprobs(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy,
+                                  chunk_tokens)
         cols = torch.tensor([len(p) - 1 for p in prompts], device=device)[:, None] + torch.arange(Tc, device=device)
         cols = cols.clamp(max=out[0].shape[1] - 1)
         realigned = [t.gather(1, cols) * cmask for t in (out[0],) + out[2:]]
@@ -130,12 +131,40 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
                       use_cache=True)
         hidden = torch.cat([hidden, out.last_hidden_state], 1)  # (B, Tc, H)
     sel = cmask.bool()
-    logits = model.get_output_embeddings()(hidden[sel])  # (N, V): completion positions only
-    logp = torch.zeros((B, Tc), dtype=torch.float32, device=device)
-    logp[sel] = algos.token_logprobs(logits, comp[sel], temperature)
-    if not with_entropy:
-        return logp, cmask
-    ent = torch.zeros_like(logp)
-    with torch.no_grad():
-        ent[sel] = algos.entropy(logits, temperature)
-    return logp, cmask, ent
+    return _scatter(head_logprobs(model, hidden[sel], comp[sel], temperature, with_entropy, chunk_tokens), sel, cmask)
+
+
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk_tokens: int | None = None):
+    """hidden (N, H) predicting targets (N,) -> logp (N,), entropy (N,) or None, through the LM head.
+
+    ``chunk_tokens`` rows at a time (default ``HEAD_CHUNK_TOKENS``; 0: all N at once). With gradients
+    on, each chunk runs under activation checkpointing: its (chunk, V) logits are freed after the
+    forward and recomputed in the backward, so no more than one chunk's exist at a time instead of
+    N x V (64k tokens x 151,936 is 20 GB in bf16). Gradients reach the hidden states and the head's
+    weight (tied to the input embedding or not) through the head module itself, so DeepSpeed ZeRO-3's
+    parameter gathering and any wrapper of the head still apply. The entropy is differentiable; it
+    costs nothing in the backward unless the loss uses it."""
+    head = model.get_output_embeddings()
+
+    def chunk(h, t):  # (C, H), (C,) -> logp (C,), entropy (C,) or None
+        return algos.token_logprobs_entropy(head(h), t, temperature, with_entropy)
+
+    size = HEAD_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    n = max(math.ceil(len(hidden) / size), 1) if size else 1
+    if hasattr(head.weight, "ds_id"):  # ZeRO-3: each head call (and recompute) gathers the weight, a collective
+        n = int(dist.global_max(n))  # that every rank must join as often, however many tokens it holds
+    # One chunk gains nothing from recomputing: its logits live from the forward into the backward either way.
+    recompute = torch.is_grad_enabled() and n > 1
+    outs = [checkpoint(chunk, h, t, use_reentrant=False, preserve_rng_state=False) if recompute else chunk(h, t)
+            for h, t in zip(hidden.tensor_split(n), targets.tensor_split(n))]  # the head draws no random numbers
+    logp = torch.cat([o[0] for o in outs])
+    return logp, (torch.cat([o[1] for o in outs]) if with_entropy else None)
+
+
+def _scatter(outs, sel: torch.Tensor, mask: torch.Tensor):
+    """(logp (N,), entropy (N,) or None) at the N True positions of sel (B, T)
+    -> logp (B, T), mask[, entropy (B, T)], zero elsewhere."""
+    full = [torch.zeros(sel.shape, dtype=t.dtype, device=t.device).masked_scatter(sel, t)
+            for t in outs if t is not None]
+    return (full[0], mask, *full[1:])

@@ -105,6 +105,28 @@ def test_token_logprobs_and_entropy():
     assert algos.token_logprobs(two, torch.tensor([1]), 0.5).item() == pytest.approx(math.log(0.9))
 
 
+def test_token_logprobs_entropy_matches_the_two_and_its_backward_is_exact():
+    # p = (.25, .75) at T=1: logp of token 1 = log .75, entropy = -(.25 log .25 + .75 log .75)
+    two = torch.tensor([[0.0, math.log(3)]])
+    lp, ent = algos.token_logprobs_entropy(two, torch.tensor([1]))
+    assert lp.item() == pytest.approx(math.log(0.75))
+    assert ent.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(6, 11, dtype=torch.float64, requires_grad=True), torch.randint(0, 11, (6,))
+    for T in (1.0, 0.7):
+        lp, ent = algos.token_logprobs_entropy(logits, tokens, T)
+        assert torch.allclose(lp, algos.token_logprobs(logits, tokens, T).double(), atol=1e-6)
+        assert torch.allclose(ent, algos.entropy(logits, T).double(), atol=1e-6)
+        assert algos.token_logprobs_entropy(logits, tokens, T, with_entropy=False)[1] is None
+        # the hand-written backward against finite differences: logp, entropy, and both together
+        for pick in (lambda o: o[0], lambda o: o[1], lambda o: o[0] + 2 * o[1]):
+            assert torch.autograd.gradcheck(lambda x: pick(algos.token_logprobs_entropy(x, tokens, T)), (logits,))
+    bf16 = logits.detach().bfloat16().requires_grad_()
+    lp, ent = algos.token_logprobs_entropy(bf16, tokens)
+    (lp.sum() + ent.sum()).backward()
+    assert lp.dtype == ent.dtype == torch.float32 and bf16.grad.dtype == torch.bfloat16
+
+
 def test_dpo_and_bradley_terry_hand_computed():
     # margin = (-1 - -2) - (-3 - -2) = 1 - (-1) = 2 ; beta .5 -> -log sigmoid(1) = .3132617
     loss, cr, rr = algos.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
