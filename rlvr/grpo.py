@@ -174,7 +174,7 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
                 add("loss/total", loss.detach())
                 add("loss/pg", algos.masked_sum(pg.detach(), m, g.loss_agg, cfg.sampler.max_new_tokens) / denom)
                 add("clip_frac", (clipped * m).sum())
-                add("entropy", (ent * m).sum())
+                add("entropy", (ent.detach() * m).sum())
                 if pass_ == 0 and o == 0:  # weights untouched yet: learner vs sampler on the same tokens
                     add("mismatch/logprob_abs", ((logp.detach() - old[mb, :w]).abs() * m).sum())
                     add("mismatch/tokens", m.sum())

@@ -176,7 +176,7 @@ class HFSampler:
         """The prefill copied into a cache preallocated for the full length -> step(token, noise) as above."""
         from transformers import StaticCache
 
-        (B, P), L = attn.shape, attn.shape[1] + max_new_tokens
+        B, L = attn.shape[0], attn.shape[1] + max_new_tokens
         key = (B, L, next(self.model.parameters()).dtype, attn.device)
         if key not in self._caches:
             self._caches[key] = StaticCache(config=self.model.config, max_cache_len=L)

@@ -27,7 +27,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from rlvr import algos, checkpoint as ckpt, data as data_lib, dist, model as model_lib
+from rlvr import checkpoint as ckpt, data as data_lib, dist, model as model_lib
 from rlvr.learner import Learner, lr_schedule
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sampler import HFSampler
@@ -108,14 +108,14 @@ def collate(rows, pad_id: int):
 
 def nll_sum(model, ids, attn, pos, mask) -> tuple[torch.Tensor, float]:
     """Summed negative log-likelihood of the masked target tokens, and their count. Only target
-    positions go through the LM head (large vocabularies)."""
+    positions go through the LM head, a chunk of them at a time (large vocabularies)."""
     device = next(model.parameters()).device  # ZeRO moves the model to the rank's GPU
     ids, pos, mask = ids.to(device), pos.to(device), mask.to(device)
     attn = attn if attn is None else attn.to(device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     sel = mask[:, 1:].bool()
-    logits = model.get_output_embeddings()(hidden[:, :-1][sel])
-    return -algos.token_logprobs(logits, ids[:, 1:][sel]).sum(), float(sel.sum())
+    logp, _ = model_lib.head_logprobs(model, hidden[:, :-1][sel], ids[:, 1:][sel])
+    return -logp.sum(), float(sel.sum())
 
 
 @torch.no_grad()
