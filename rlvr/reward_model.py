@@ -48,7 +48,7 @@ def load(path: str, dtype: str = "float32", chat_template: str = ""):
     model.config.pad_token_id = tok.pad_token_id  # the head reads the last non-pad token
     if chat_template and not getattr(tok, "chat_template", None):
         tok.chat_template = chat_template
-    return model, tok
+    return model.to(dist.device()), tok  # this rank's GPU, else the CPU
 
 
 def scores(model, tok, texts: list[str], micro: int) -> torch.Tensor:
