@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, data as data_lib, dist, model as model_lib
-from rlvr.learner import Learner, lr_schedule
+from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sft import load_policy, micro_batches
 
@@ -110,8 +110,7 @@ def train(cfg) -> dict:
                                                         s.micro_batch_pairs, s.length_normalize)) if test_pairs else None
         del ref_model
     summary: dict = {"train_pairs": len(train_pairs), "reference_s": round(time.time() - t0, 1)}
-    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
-                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    learner = Learner.for_stage(model, cfg.deepspeed, s)
     model = learner.module
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
     if resume_from:  # last before the loop: it restores the RNG states too

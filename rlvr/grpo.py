@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, config as config_lib, data as data_lib, dist, model as model_lib, packing, rewards as rewards_lib
-from rlvr.learner import Learner, lr_schedule
+from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.evaluate import evaluate_problems, plot_run
 from rlvr.sampler import HFSampler, Rollout
@@ -257,8 +257,7 @@ def train(cfg) -> dict:
             f"the model's context of {context} tokens; lower sampler.max_new_tokens or data.max_prompt_tokens")
 
     g = cfg.grpo
-    learner = Learner(model, cfg.deepspeed, lr=g.lr, weight_decay=g.weight_decay, betas=(0.9, 0.99),
-                      max_grad_norm=g.max_grad_norm, lr_lambda=lr_schedule(g))
+    learner = Learner.for_stage(model, cfg.deepspeed, g)
     model = learner.module
     sampler = make_sampler(cfg, model, tok)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)

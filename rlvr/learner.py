@@ -1,8 +1,7 @@
 """The learner: one model, its optimizer and LR schedule behind the few calls a training loop needs,
 the same for plain torch (``deepspeed.zero_stage: 0``) and DeepSpeed ZeRO-2/3, on 1 or N ranks.
 
-    learner = Learner(model, cfg.deepspeed, lr=g.lr, weight_decay=g.weight_decay, max_grad_norm=g.max_grad_norm,
-                      lr_lambda=lr_factor)
+    learner = Learner.for_stage(model, cfg.deepspeed, cfg.grpo)      # lr, weight decay, clipping, schedule
     denom = dist.global_sum(algos.loss_denominator(mask, g.loss_agg))   # over every micro-batch and rank
     for mb in micro_batches:                                            # same count on every rank
         logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb], T)
@@ -112,6 +111,13 @@ class Learner:
             self.engine, self.module = None, model
             for p in model.parameters():  # ranks start from rank 0's weights, whatever each loaded
                 dist.broadcast_(p.data)
+
+    @classmethod
+    def for_stage(cls, model, ds_cfg, sec) -> "Learner":
+        """The learner a stage's section asks for (``cfg.grpo``, ``cfg.sft``, ``cfg.dpo``, ``cfg.reward_model``):
+        its ``lr``, ``weight_decay``, ``max_grad_norm`` and warmup/decay schedule (``lr_schedule``)."""
+        return cls(model, ds_cfg, lr=sec.lr, weight_decay=sec.weight_decay, max_grad_norm=sec.max_grad_norm,
+                   lr_lambda=lr_schedule(sec))
 
     def forward(self, fn, *args, **kwargs):
         """``fn(model, *args, **kwargs)``, the model's forward for training (gradients flow back through

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import algos, checkpoint as ckpt, data as data_lib, dist
-from rlvr.learner import Learner, lr_schedule
+from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.model import DTYPES, ModelError
 from rlvr.sft import micro_batches
@@ -111,8 +111,7 @@ def train(cfg) -> dict:
     test_pairs = data_lib.load_preferences(d.test, d.test_split, d)[: s.eval_pairs] if d.test else []
     train_texts, test_texts = pair_texts(train_pairs, tok, d), pair_texts(test_pairs, tok, d)
     summary: dict = {"train_pairs": len(train_pairs)}
-    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
-                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    learner = Learner.for_stage(model, cfg.deepspeed, s)
     model = learner.module
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
     if resume_from:  # last before the loop: it restores the RNG states too

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr import checkpoint as ckpt, data as data_lib, dist, model as model_lib
-from rlvr.learner import Learner, lr_schedule
+from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, write_json_atomic
 from rlvr.sampler import HFSampler
 
@@ -168,8 +168,7 @@ def train(cfg) -> dict:
         test_rows = make_rows(test_ex, False, d.max_seq_tokens, cfg.seed)
     pad = tok.pad_token_id
     summary: dict = {"train_examples": len(train_ex), "train_rows": len(rows)}
-    learner = Learner(model, cfg.deepspeed, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99),
-                      max_grad_norm=s.max_grad_norm, lr_lambda=lr_schedule(s))
+    learner = Learner.for_stage(model, cfg.deepspeed, s)
     model = learner.module
 
     def evaluate(tag):  # every rank evaluates everything (whole weights: ZeRO-3 is refused for this in config)
