@@ -28,6 +28,10 @@ from rlvr.learner import Learner  # noqa: E402
 # 7 sequences on 2 ranks: 4 and 3, so 2 and 1 micro-batches of 3; the rank with fewer runs a zero-weight one
 SEQS, MICRO, STEPS = 7, 3, 4
 NAN_STEP = 2  # one rank's micro-batch gets a NaN advantage: every rank must skip this update
+# Several LM-head chunks per micro-batch, a different number on each rank (their token counts differ):
+# recompute in the backward at every stage, and under ZeRO-3 every rank joins as many head-weight
+# gathers as the busiest. The in-process reference uses the same size (tests/test_distributed.py).
+HEAD_CHUNK_TOKENS = 4
 
 
 def fixed_data(step: int):
@@ -87,6 +91,7 @@ def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_me
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    model_lib.HEAD_CHUNK_TOKENS = HEAD_CHUNK_TOKENS
     dist.init()
     out_dir = Path(sys.argv[1])
     for st in map(int, sys.argv[2].split(",")):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr import dist
+from rlvr import dist, model as model_lib
 from rlvr.config import ConfigError, DeepSpeedConfig, load_config
 from rlvr.learner import deepspeed_json
 
@@ -44,7 +44,11 @@ def _launch(out: Path, stages: str) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    return dist_train.train(0, out), out / "hf_stage0"
+    chunk, model_lib.HEAD_CHUNK_TOKENS = model_lib.HEAD_CHUNK_TOKENS, dist_train.HEAD_CHUNK_TOKENS  # as the ranks do
+    try:
+        return dist_train.train(0, out), out / "hf_stage0"
+    finally:
+        model_lib.HEAD_CHUNK_TOKENS = chunk
 
 
 @pytest.fixture(scope="module")
