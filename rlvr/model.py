@@ -66,6 +66,20 @@ def pad_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: in
     return ids, attn, mask
 
 
+def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None, device=None):
+    """Token rows -> ids (R, W), attention (R, W), position ids (R, W), left-padded to ``width`` (default: the
+    longest row), so every row's last token sits in the last column: its next token, or its score, is
+    read at the same column for all rows."""
+    W = width or max(map(len, rows))
+    ids = torch.full((len(rows), W), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), W), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, W - len(r):] = torch.tensor(r)
+        attn[i, W - len(r):] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
 def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
                         with_entropy: bool = False, chunk_tokens: int | None = None):
     """Log-probabilities of each target token: -> logp (B, L-1), mask (B, L-1)[, entropy (B, L-1)].
@@ -110,15 +124,7 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
         realigned = [t.gather(1, cols) * cmask for t in (out[0],) + out[2:]]
         return (realigned[0], cmask, *realigned[1:])
 
-    uniq = prompts[::G]
-    P = max(map(len, uniq))
-    ids = torch.full((len(uniq), P), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(uniq), P), dtype=torch.long)
-    for i, p in enumerate(uniq):  # left padding: every prompt ends at the same column
-        ids[i, P - len(p):] = torch.tensor(p)
-        attn[i, P - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, pos = left_pad(prompts[::G], pad_id, device=device)  # every prompt ends at the same column
     decoder = model.get_decoder()
     out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     cache, hidden = out.past_key_values, out.last_hidden_state[:, -1:]  # (U, 1, H) scores completion token 0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from rlvr import algos, checkpoint as ckpt, data as data_lib, dist
 from rlvr.learner import Learner
 from rlvr.log import MetricsLogger, write_json_atomic
-from rlvr.model import DTYPES, ModelError
+from rlvr.model import DTYPES, ModelError, left_pad
 from rlvr.sft import micro_batches
 
 
@@ -59,13 +59,8 @@ def scores(model, tok, texts: list[str], micro: int) -> torch.Tensor:
     out = []
     for s in range(0, len(texts), micro):
         rows = [tok(t, add_special_tokens=False)["input_ids"][-context:] for t in texts[s:s + micro]]
-        L = max(map(len, rows))
-        ids = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, L - len(r):], attn[i, L - len(r):] = torch.tensor(r), 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)).logits
+        ids, attn, pos = left_pad(rows, tok.pad_token_id, device=device)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
         out.append(logits[:, 0].float())
     return torch.cat(out)
 

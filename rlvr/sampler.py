@@ -19,6 +19,8 @@ from typing import Iterable, Protocol
 
 import torch
 
+from rlvr import model as model_lib
+
 SYNC_EVERY = 16  # static path: tokens decoded between host checks that every row has finished
 
 
@@ -74,6 +76,9 @@ class HFSampler:
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.static, self.compile = static or compile, compile
+        # The prefill needs only the last position's logits: ask for just those where the model allows it.
+        takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._last_logits = {"logits_to_keep": 1} if takes_keep else {}
         # Kept across calls: a compiled graph (a CUDA graph above all) is bound to its cache's addresses.
         self._caches: dict[tuple, object] = {}
         self._step = None
@@ -108,15 +113,8 @@ class HFSampler:
             # (padding rows after the real ones) and the prompt width rounded up to a power of two
             B, P = per_chunk * n, max(16, 1 << (P - 1).bit_length())
         # Left padding keeps every sequence's next token at the same column.
-        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(prompts), P), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, P - len(p):] = torch.tensor(p)
-            attn[i, P - len(p):] = 1
-        ids, attn = ids.to(device), attn.to(device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **head)
+        ids, attn, pos = model_lib.left_pad(prompts, self.pad_id, P, device)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **self._last_logits)
         # Each prompt is prefilled once; row r samples prompt r // n from a copy of its KV cache (padding
         # rows copy the last prompt).
         rep = (torch.arange(B, device=device) // n).clamp(max=len(prompts) - 1)
