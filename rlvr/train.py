@@ -18,6 +18,9 @@ from rlvr.data import DataError
 from rlvr.model import ModelError
 
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, FileNotFoundError, PermissionError, OSError)
+# Every rank reads the same recipe, data and checkpoints, so these say the same thing on every rank:
+# under torchrun only rank 0 prints them. Anything else may be one rank's own and prints with its rank.
+SAME_ON_EVERY_RANK = (ConfigError, DataError, ModelError, CheckpointError, RunStopped)
 
 
 def run(recipe: str, **overrides):
@@ -53,12 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fire.Fire(run, command=argv, name="rlvr.train", serialize=lambda _: None)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(f"error: {e}", e)
         return 1
     except RunStopped as e:  # a guard or a signal stopped training after saving a checkpoint
-        print(f"stopped: {e}", file=sys.stderr)
+        report(f"stopped: {e}", e)
         return e.exit_code
     return 0
+
+
+def report(message: str, error: Exception) -> None:
+    from rlvr import dist
+
+    if dist.rank() == 0:
+        print(message, file=sys.stderr)
+    elif not isinstance(error, SAME_ON_EVERY_RANK):
+        print(f"[rank {dist.rank()}] {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

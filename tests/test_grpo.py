@@ -112,6 +112,21 @@ def test_bad_input_gets_one_paragraph_not_a_traceback(overrides, needle, tmp_pat
     assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+def test_a_shared_error_prints_on_rank_0_only_and_a_rank_s_own_with_its_rank(tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank hits the same config error: one copy, not one per rank."""
+    from rlvr import train as train_cli
+
+    argv = ["recipes/tiny_zero.yaml", f"--output_dir={tmp_path}", "--grpo.lrr=1"]
+    monkeypatch.chdir(REPO)
+    for rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert train_cli.main(argv) == 1
+        assert ("did you mean 'grpo.lr'" in capsys.readouterr().err) == printed
+    monkeypatch.setattr(train_cli, "run", lambda *a, **k: open(tmp_path / "no" / "such" / "file"))
+    assert train_cli.main(argv) == 1  # still rank 1: an OSError may be this rank's alone
+    assert capsys.readouterr().err.startswith("[rank 1] error: ")
+
+
 def test_row_without_answer_field_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2"}\n')
