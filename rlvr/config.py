@@ -89,6 +89,9 @@ class GRPOConfig:
     samples_per_prompt: int = 8
     micro_batch_seqs: int = 8  # sequences per forward/backward
     micro_batch_tokens: int = 0  # if set: token-budget micro-batches of whole groups (bin packing) instead
+    # each micro-batch's sequences as one row without padding (for flash-attention's varlen kernels:
+    # no compute on padding); the prompt then runs once per sample, not once per group
+    padding_free: bool = False
     optimizer_steps_per_pass: int = 1  # the rollout batch splits into this many optimizer steps
     passes_per_step: int = 1  # optimisation passes over each rollout batch (PPO epochs)
     lr: float = 1e-6

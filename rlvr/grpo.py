@@ -122,7 +122,7 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
 
     def logprobs(forward, rows, **kw):  # forward(fn, *args): the learner's (with gradients) or the reference's
         return forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
-                       share, pad_id, T, **kw)
+                       share, pad_id, T, padding_free=g.padding_free, **kw)
 
     ref = None
     if ref_model is not None:
@@ -143,10 +143,13 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
     def micro_batches(rows):
         if not g.micro_batch_tokens:
             return [rows[s:s + g.micro_batch_seqs] for s in range(0, len(rows), g.micro_batch_seqs)]
-        # Token budget: whole groups of similar length together (bins count rows x longest row).
-        groups = rows.view(-1, G)
-        glen = [max(len(ro.prompt_ids[r]) + len(ro.completion_ids[r]) for r in grp.tolist()) for grp in groups]
-        return [groups[b].reshape(-1) for b in packing.pack(glen, max(g.micro_batch_tokens // G, 1), padded=True)]
+        groups = rows.view(-1, G)  # token budget over whole groups
+        lens = [[len(ro.prompt_ids[r]) + len(ro.completion_ids[r]) for r in grp.tolist()] for grp in groups]
+        if g.padding_free:  # a bin costs its tokens
+            bins = packing.pack([sum(n) for n in lens], g.micro_batch_tokens)
+        else:  # similar lengths together: a bin costs rows x its longest row
+            bins = packing.pack([max(n) for n in lens], max(g.micro_batch_tokens // G, 1), padded=True)
+        return [groups[b].reshape(-1) for b in bins]
 
     for pass_ in range(g.passes_per_step):
         order = (torch.randperm(B // G, generator=gen)[:, None] * G + torch.arange(G)).view(-1)  # shuffle whole groups

@@ -92,22 +92,49 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torc
     target_mask = mask[:, 1:]  # (B, L-1)
     sel = target_mask.bool()
     outs = head_logprobs(model, hidden[sel], ids[:, 1:][sel], temperature, with_entropy, chunk_tokens)
-    return _scatter(outs, sel, target_mask)
+    return scatter_tokens(outs, sel, target_mask)
+
+
+def packed_completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor,
+                               temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
+    """``rlvr.model.completion_logprobs`` without padding: same inputs (right-padded rows from
+    ``pad_batch``), same outputs -> logp (B, L-1), mask (B, L-1)[, entropy (B, L-1)].
+
+    The rows' real tokens are concatenated into one (1, N) row with position ids restarting per
+    sequence and no attention mask, which transformers reads as packed sequences (varlen for
+    flash-attention, a block-diagonal causal mask for sdpa/eager). With flash-attention no compute
+    goes to padding; under sdpa it is exact but attends over the whole row."""
+    lengths = attn.sum(-1)  # right padding: a row's tokens are its first `length` columns
+    B, L = ids.shape
+    keep = attn.bool()
+    flat_ids = ids[keep][None]  # (1, N) row-major, so each sequence stays contiguous
+    pos = (torch.arange(L, device=ids.device).expand(B, L))[keep][None]
+    out = model.get_decoder()(input_ids=flat_ids, position_ids=pos, use_cache=False)
+    hidden = out.last_hidden_state[0]  # (N, H)
+    # Position t of the outputs scores token t+1, so target j of a row is predicted by hidden j-1.
+    target_mask = mask[:, 1:]
+    sel = target_mask.bool() & keep[:, :-1]
+    starts = torch.cumsum(lengths, 0) - lengths  # flat offset of each row's first token
+    rows, cols = sel.nonzero(as_tuple=True)
+    outs = head_logprobs(model, hidden[starts[rows] + cols], ids[:, 1:][sel], temperature, with_entropy, chunk_tokens)
+    return scatter_tokens(outs, sel, target_mask)
 
 
 def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
-                     temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None):
+                     temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None,
+                     padding_free: bool = False):
     """Log-probabilities of completion tokens -> logp (B, Tc), mask (B, Tc)[, entropy (B, Tc)].
 
     Rows come in groups of ``group_size`` completions of one prompt (GRPO's layout). Each prompt runs
     through the model once and its KV cache serves the whole group, so a long prompt costs one forward
     instead of G; gradients from all G samples flow back through the shared prompt activations.
-    Column j scores completion token j; ``chunk_tokens`` as in ``completion_logprobs``. (Gradient
-    checkpointing turns the cache off in transformers, so then every row runs whole through
-    ``completion_logprobs``.)"""
+    Column j scores completion token j; ``chunk_tokens`` as in ``completion_logprobs``. With
+    ``padding_free`` every row runs whole, prompt included, through ``packed_completion_logprobs``
+    (all rows in one padding-free row), and so do they, padded, through ``completion_logprobs`` under
+    gradient checkpointing, which turns the cache off in transformers."""
     device = next(model.parameters()).device
     B, G = len(completions), group_size
-    Tc = max(map(len, completions))
+    Tc = max(1, *map(len, completions))  # one all-masked column when every completion is empty
     comp = torch.full((B, Tc), pad_id, dtype=torch.long)
     cmask = torch.zeros((B, Tc))
     for i, c in enumerate(completions):
@@ -115,10 +142,12 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
         cmask[i, : len(c)] = 1.0
     comp, cmask = comp.to(device), cmask.to(device)
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.23's name
-    if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if padding_free or checkpointing:
         ids, attn, mask = pad_batch(prompts, completions, pad_id)
-        out = completion_logprobs(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy,
-                                  chunk_tokens)
+        whole = packed_completion_logprobs if padding_free else completion_logprobs
+        out = whole(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy, chunk_tokens)
         cols = torch.tensor([len(p) - 1 for p in prompts], device=device)[:, None] + torch.arange(Tc, device=device)
         cols = cols.clamp(max=out[0].shape[1] - 1)
         realigned = [t.gather(1, cols) * cmask for t in (out[0],) + out[2:]]
@@ -137,7 +166,7 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
                       use_cache=True)
         hidden = torch.cat([hidden, out.last_hidden_state], 1)  # (B, Tc, H)
     sel = cmask.bool()
-    return _scatter(head_logprobs(model, hidden[sel], comp[sel], temperature, with_entropy, chunk_tokens), sel, cmask)
+    return scatter_tokens(head_logprobs(model, hidden[sel], comp[sel], temperature, with_entropy, chunk_tokens), sel, cmask)
 
 
 def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
@@ -168,7 +197,7 @@ def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperatur
     return logp, (torch.cat([o[1] for o in outs]) if with_entropy else None)
 
 
-def _scatter(outs, sel: torch.Tensor, mask: torch.Tensor):
+def scatter_tokens(outs, sel: torch.Tensor, mask: torch.Tensor):
     """(logp (N,), entropy (N,) or None) at the N True positions of sel (B, T)
     -> logp (B, T), mask[, entropy (B, T)], zero elsewhere."""
     full = [torch.zeros(sel.shape, dtype=t.dtype, device=t.device).masked_scatter(sel, t)

@@ -1,14 +1,16 @@
-"""Token-budget micro-batches for the learner: numba bin packing, and a padding-free forward.
+"""Token-budget micro-batches for the learner (numba bin packing), and the padding-free benchmark.
 
     bins = pack(lengths, max_tokens)                  # list of index lists, each bin sums to <= max_tokens
     bins = pack(lengths, max_tokens, padded=True)     # each bin's rows x longest row <= max_tokens
-    logp, mask = packed_completion_logprobs(model, ids, attn, mask, T)   # = model.completion_logprobs
     python -m rlvr.packing                            # tokens/s with and without, tiny model, CPU
+
+GRPO uses both: ``grpo.micro_batch_tokens`` bins whole groups by tokens, and ``grpo.padding_free``
+runs each micro-batch as one row through ``rlvr.model.packed_completion_logprobs``.
 
 A GRPO batch has completions from 1 to max_new_tokens long; fixed ``micro_batch_seqs`` chunks pad
 every row to the batch's longest. Two ways out, both here:
 
-* padding-free (``pack`` + ``packed_completion_logprobs``): a bin's sequences are concatenated into
+* padding-free (``pack`` + ``model.packed_completion_logprobs``): a bin's sequences are concatenated into
   one row whose position ids restart at 0 for each sequence. Flash-attention (varlen) then attends
   within each sequence only and computes nothing for padding. transformers also honours restarting
   position ids under sdpa/eager (it builds a block-diagonal causal mask), which is exact but costs
@@ -20,8 +22,9 @@ Sequences longer than ``max_tokens`` get a bin of their own (they cannot be spli
 
 Measured on the tiny model, 2 shared CPU cores, 128 rows of ~120 prompt + 1..N completion tokens,
 forward+backward real tokens/s (fixed 64-row chunks / padded bins / padding-free 1024-token rows):
-N=48: 3112 / 3645 / 1856; N=256: 1199 / 1863 / 1777. So on CPU sdpa use padded bins; padding-free
-is for flash-attention, where the packed row costs no cross-sequence attention.
+N=48: 5031 / 5802 / 3418; N=256: 2914 / 4871 / 3229 (``python -m rlvr.packing``). So on CPU sdpa
+use padded bins; padding-free is for flash-attention, where the packed row costs no cross-sequence
+attention.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numba
 import numpy as np
 import torch
 
-from rlvr import algos
+from rlvr import model as model_lib
 
 
 @numba.njit(cache=True)
@@ -87,43 +90,11 @@ def pack(lengths, max_tokens: int, padded: bool = False) -> list[list[int]]:
     return bins
 
 
-def packed_completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor,
-                               temperature: float = 1.0, with_entropy: bool = False):
-    """``rlvr.model.completion_logprobs`` without padding: same inputs (right-padded rows from
-    ``pad_batch``), same outputs -> logp (B, L-1), mask (B, L-1)[, entropy (B, L-1)].
-
-    The rows' real tokens are concatenated into one (1, N) row with position ids restarting per
-    sequence and no attention mask, which transformers reads as packed sequences (varlen for
-    flash-attention, a block-diagonal causal mask for sdpa/eager)."""
-    lengths = attn.sum(-1)  # right padding: a row's tokens are its first `length` columns
-    B, L = ids.shape
-    keep = attn.bool()
-    flat_ids = ids[keep][None]  # (1, N) row-major, so each sequence stays contiguous
-    pos = (torch.arange(L, device=ids.device).expand(B, L))[keep][None]
-    out = model.get_decoder()(input_ids=flat_ids, position_ids=pos, use_cache=False)
-    hidden = out.last_hidden_state[0]  # (N, H)
-    # Position t of the outputs scores token t+1, so target j of a row is predicted by hidden j-1.
-    target_mask = mask[:, 1:]
-    sel = target_mask.bool() & keep[:, :-1]
-    starts = torch.cumsum(lengths, 0) - lengths  # flat offset of each row's first token
-    rows, cols = sel.nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[starts[rows] + cols])  # (M, V)
-    logp = torch.zeros(target_mask.shape, dtype=torch.float32, device=ids.device)
-    logp[sel] = algos.token_logprobs(logits, ids[:, 1:][sel], temperature)
-    if not with_entropy:
-        return logp, target_mask
-    ent = torch.zeros_like(logp)
-    with torch.no_grad():
-        ent[sel] = algos.entropy(logits, temperature)
-    return logp, target_mask, ent
-
-
 def _benchmark(max_new_tokens: int, seqs: int = 128, micro_batch_seqs: int = 64, packed_tokens: int = 1024,
                repeats: int = 2) -> dict:
     """Forward+backward tokens/s on the tiny model over one GRPO-sized batch, three ways."""
     import time
 
-    from rlvr import model as model_lib
     from rlvr.config import ModelConfig
     from rlvr.tiny import __path__ as tiny_path
 
@@ -154,7 +125,7 @@ def _benchmark(max_new_tokens: int, seqs: int = 128, micro_batch_seqs: int = 64,
                         model_lib.completion_logprobs, True),
         # one packed row per bin; on CPU sdpa attends over the whole row, so bins stay short
         "padding_free": ([torch.tensor(b) for b in pack(lengths.tolist(), packed_tokens)],
-                         packed_completion_logprobs, True),
+                         model_lib.packed_completion_logprobs, True),
     }
     best = {k: float("inf") for k in ways}
     for _ in range(repeats):  # interleaved, best of N: the machine is shared

@@ -73,6 +73,16 @@ def test_grouped_and_completion_logprobs_chunked_equal_whole(tie, monkeypatch):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_grouped_logprobs_all_empty_completions_gives_masked_zeros():
+    """A micro-batch whose completions are all empty (a sampler that returns no tokens) scores to an
+    all-zero mask, and the loss over it still backpropagates (to zero gradients)."""
+    model = tiny_model(tie=True)
+    logp, mask, ent = model_lib.grouped_logprobs(model, [[5, 6], [5, 6]], [[], []], 2, 0, 1.0, True)
+    assert logp.shape == mask.shape == ent.shape == (2, 1) and not mask.any() and not logp.any()
+    (logp * mask).sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
 def test_one_chunk_of_logits_alive_at_a_time():
     model = tiny_model(tie=True)
     alive, most = [], [0]

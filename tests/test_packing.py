@@ -66,22 +66,22 @@ def _rows(seed, n):
 def test_packed_forward_matches_padded(tiny):
     ids, attn, mask = _rows(0, 7)
     ref = model_lib.completion_logprobs(tiny, ids, attn, mask, 0.7, with_entropy=True)
-    got = packing.packed_completion_logprobs(tiny, ids, attn, mask, 0.7, with_entropy=True)
+    got = model_lib.packed_completion_logprobs(tiny, ids, attn, mask, 0.7, with_entropy=True)
     for a, b in zip(ref, got):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     # Sequences must not see each other: changing row 0 leaves the others' log-probs untouched.
     ids2 = ids.clone()
     ids2[0, :2] = (ids2[0, :2] + 1) % 384
-    moved = packing.packed_completion_logprobs(tiny, ids2, attn, mask)[0]
-    base = packing.packed_completion_logprobs(tiny, ids, attn, mask)[0]
+    moved = model_lib.packed_completion_logprobs(tiny, ids2, attn, mask)[0]
+    base = model_lib.packed_completion_logprobs(tiny, ids, attn, mask)[0]
     torch.testing.assert_close(moved[1:], base[1:], atol=1e-6, rtol=0)
 
 
 def test_packed_gradients_match_padded(tiny):
     ids, attn, mask = _rows(1, 5)
     grads = []
-    for fn in (model_lib.completion_logprobs, packing.packed_completion_logprobs):
+    for fn in (model_lib.completion_logprobs, model_lib.packed_completion_logprobs):
         tiny.zero_grad(set_to_none=True)
         logp, m = fn(tiny, ids, attn, mask, 1.0)
         (logp * m).sum().backward()
@@ -101,3 +101,48 @@ def test_padded_bins_cut_padding():
     fixed_cost = len(lengths) * max(lengths)  # micro_batch_seqs chunks of the globally padded batch
     assert padded_cost < 0.85 * fixed_cost
     assert all(len(b) * max(lengths[i] for i in b) <= budget for b in bins)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"grpo.micro_batch_tokens": 300},  # padded bins of whole groups
+    {"grpo.padding_free": True},  # each 8-sequence micro-batch as one padding-free row
+    {"grpo.padding_free": True, "grpo.micro_batch_tokens": 300},  # padding-free bins by tokens
+])
+def test_grpo_micro_batching_changes_the_split_not_the_update(overrides, tiny_overrides, monkeypatch):
+    """One GRPO learn on one sampled batch: token-budget bins and padding-free rows give the loss,
+    gradient norm and updated weights of plain 8-sequence micro-batches, in a different number of
+    forward/backward passes."""
+    from rlvr import data as data_lib
+    from rlvr.config import load_config
+    from rlvr.grpo import learn, make_sampler, sample_and_score
+    from rlvr.learner import Learner
+    from tests.conftest import REPO
+
+    base = {**tiny_overrides, "grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
+            "grpo.lr": 1e-3}
+    runs, packed = [], []
+    whole = model_lib.packed_completion_logprobs
+    monkeypatch.setattr(model_lib, "packed_completion_logprobs", lambda *a, **k: (packed.append(1), whole(*a, **k))[1])
+    for over in ({}, overrides):
+        cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**base, **over})
+        model, tok = model_lib.load(cfg.model)
+        problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:16]
+        prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
+        sampler = make_sampler(cfg, model, tok)
+        batch, _ = sample_and_score(cfg, sampler, data_lib.PromptStream(len(problems), 0), problems, prompts,
+                                    [tok.decode(p) for p in prompts], 1)
+        learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
+        passes = []
+        backward = learner.backward
+        learner.backward = lambda loss: (passes.append(1), backward(loss))
+        metrics = learn(learner, None, batch, cfg, sampler.pad_id, 1)
+        runs.append((metrics, len(passes), [p.detach().clone() for p in model.parameters()]))
+    (ref, ref_passes, ref_w), (got, got_passes, got_w) = runs
+    assert ref["grad_norm"] > 0 and ref_passes == 2
+    assert len(packed) == (got_passes if overrides.get("grpo.padding_free") else 0)
+    if "grpo.micro_batch_tokens" in overrides:
+        assert got_passes > ref_passes  # 16 sequences of ~60-90 tokens: several 300-token bins
+    for k in ("loss/total", "loss/pg", "grad_norm", "entropy", "mismatch/logprob_abs"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), k
+    for a, b in zip(ref_w, got_w):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
