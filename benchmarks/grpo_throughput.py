@@ -8,7 +8,9 @@ Each side runs in its own subprocess (so peak memory is its own) for ``--steps``
 same prompts, group size, generation budget, temperature 1.0, beta 0 and a trivial reward (this
 measures the engines, not the verifiers); the first step is warm-up and not counted. The table shows
 sampling tokens/s (completion tokens over generation time), learner tokens/s (prompt + completion
-tokens over the rest of the step), whole-step seconds, peak memory, and our/TRL ratios. Needs
+tokens over the rest of the step), whole-step seconds, peak memory, and our/TRL ratios, then the
+physical floor of the step (every weight read once per decode step, 6 x params x tokens for the
+learner, at ``--peak_tbps`` and ``--peak_tflops``) and how far each side is from it. Needs
 ``pip install trl``. The qwen05b workload is built from its config with random weights (hub weights
 cannot be downloaded here); prompts are exactly 128 tokens.
 """
@@ -79,8 +81,6 @@ def peak_memory_gb(device: str) -> float:
 
 
 def run_ours(w: dict, a) -> dict:
-    import torch
-
     from rlvr import data as data_lib, model as model_lib
     from rlvr.config import load_config
     from rlvr.grpo import learn, make_sampler, sample_and_score
@@ -191,6 +191,15 @@ def summarise(res: dict, peak_tflops: float) -> dict:
             "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12)}
 
 
+def physical_floor(res: dict, w: dict, a) -> float:
+    """Seconds no engine can beat on this device: each decode step reads every weight once (bandwidth),
+    and the learner's forward + backward costs 6 x params x tokens (compute); ours' mean step tokens."""
+    s = res["steps"][1:] or res["steps"]
+    tokens = sum(x["total_tokens"] for x in s) / len(s)
+    weight_bytes = res["params"] * (2 if w["dtype"] == "bfloat16" else 4)
+    return w["max_new_tokens"] * weight_bytes / (a.peak_tbps * 1e12) + 6 * res["params"] * tokens / (a.peak_tflops * 1e12)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=["tiny", "qwen05b"], default="tiny")
@@ -203,12 +212,15 @@ def main():
     p.add_argument("--compile", action="store_true", help="ours: sampler.compile (the first, uncounted step compiles)")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; 0.1 on cpu)")
+    p.add_argument("--peak_tbps", type=float, default=None,
+                   help="the device's memory bandwidth for the floor (default: 3.35, H100 SXM, on cuda; 0.02 on cpu)")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
     a.peak_tflops = a.peak_tflops or (989.0 if a.device == "cuda" else 0.1)
+    a.peak_tbps = a.peak_tbps or (3.35 if a.device == "cuda" else 0.02)
     if a.side:  # child process: one side, result as JSON on the last line
         import torch
 
@@ -230,7 +242,10 @@ def main():
             if r.returncode or not line:
                 print(f"{side} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
                 return 1
-            results[side] = summarise(json.loads(line[-1][7:]), a.peak_tflops)
+            raw = json.loads(line[-1][7:])
+            results[side] = summarise(raw, a.peak_tflops)
+            if side == "ours":
+                floor = physical_floor(raw, w, a)
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
     ours, trl = results["ours"], results["trl"]
     print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
@@ -244,6 +259,8 @@ def main():
             ratio = float("nan")  # a share, not a speed
         print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
     print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr)")
+    print(f"physical floor of this step: {floor:.3f} s ({a.peak_tbps} TB/s, {a.peak_tflops} TFLOP/s); "
+          f"rlvr is {ours['step s'] / floor:.1f}x it, TRL {trl['step s'] / floor:.1f}x")
     return 0
 
 
