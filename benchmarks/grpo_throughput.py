@@ -191,6 +191,28 @@ def summarise(res: dict, peak_tflops: float) -> dict:
             "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12)}
 
 
+def measure_cpu_peaks(threads: int) -> tuple[float, float]:
+    """This CPU's fp32 matmul TFLOP/s and copy TB/s at ``threads`` threads (best of 5): the CPU peaks
+    for MFU and the floor, since a CPU's datasheet peak depends on its clocks and vector units."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x = torch.randn(64 * 2**20)  # 256 MB, past any cache
+    y = torch.empty_like(x)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return 2 * 1024**3 / best(lambda: a @ b) / 1e12, 2 * x.numel() * 4 / best(lambda: y.copy_(x)) / 1e12
+
+
 def physical_floor(res: dict, w: dict, a) -> float:
     """Seconds no engine can beat on this device: each decode step reads every weight once (bandwidth),
     and the learner's forward + backward costs 6 x params x tokens (compute); ours' mean step tokens."""
@@ -211,16 +233,20 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
     p.add_argument("--compile", action="store_true", help="ours: sampler.compile (the first, uncounted step compiles)")
     p.add_argument("--peak_tflops", type=float, default=None,
-                   help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; 0.1 on cpu)")
+                   help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; measured on cpu)")
     p.add_argument("--peak_tbps", type=float, default=None,
-                   help="the device's memory bandwidth for the floor (default: 3.35, H100 SXM, on cuda; 0.02 on cpu)")
+                   help="the device's memory bandwidth for the floor (default: 3.35, H100 SXM, on cuda; measured on cpu)")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
-    a.peak_tflops = a.peak_tflops or (989.0 if a.device == "cuda" else 0.1)
-    a.peak_tbps = a.peak_tbps or (3.35 if a.device == "cuda" else 0.02)
+    if a.device == "cuda":
+        a.peak_tflops, a.peak_tbps = a.peak_tflops or 989.0, a.peak_tbps or 3.35
+    elif not a.side and not (a.peak_tflops and a.peak_tbps):
+        flops, tbps = measure_cpu_peaks(a.threads)
+        a.peak_tflops, a.peak_tbps = a.peak_tflops or flops, a.peak_tbps or tbps
+        print(f"this CPU at {a.threads} thread(s), measured: {flops:.3g} TFLOP/s (fp32 matmul), {tbps:.3g} TB/s (copy)")
     if a.side:  # child process: one side, result as JSON on the last line
         import torch
 
@@ -258,8 +284,10 @@ def main():
         if k == "gen share":
             ratio = float("nan")  # a share, not a speed
         print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
-    print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr)")
-    print(f"physical floor of this step: {floor:.3f} s ({a.peak_tbps} TB/s, {a.peak_tflops} TFLOP/s); "
+    print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr; learner MFU counts 6 x params x\n"
+          " every prompt and completion token, as the usual definition does, but rlvr runs a group's prompt once\n"
+          " for its samples, so on prompt-heavy workloads its figure can pass 100%)")
+    print(f"physical floor of this step: {floor:.3f} s ({a.peak_tbps:.3g} TB/s, {a.peak_tflops:.3g} TFLOP/s); "
           f"rlvr is {ours['step s'] / floor:.1f}x it, TRL {trl['step s'] / floor:.1f}x")
     return 0
 
