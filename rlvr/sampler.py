@@ -187,6 +187,9 @@ class HFSampler:
         attn = torch.cat([attn, attn.new_ones(B, max_new_tokens)], 1)
         if self.compile and self._step is None:
             # dynamic=False: one graph per (B, L), never a shape-generic one; reduce-overhead: CUDA graphs.
+            # Training, greedy and sampled evals and prompt-length buckets can pass dynamo's default of 8
+            # graphs per function, after which the step would run uncompiled (process-wide setting).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self._step = torch.compile(_static_step, dynamic=False,
                                        mode="reduce-overhead" if attn.device.type == "cuda" else None)
         fn = self._step if self.compile else _static_step

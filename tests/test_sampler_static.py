@@ -85,6 +85,19 @@ def test_compiled_step_is_one_graph_and_fewer_prompts_do_not_recompile(tiny, mon
                                                                      max_new_tokens=24, seed=1))
 
 
+def test_more_shapes_than_dynamos_default_limit_all_stay_compiled(tiny, monkeypatch):
+    """Each (rows, prompt bucket + max_new_tokens) is its own graph; a long run with evals and prompt
+    buckets can pass dynamo's default of 8 per function, past which the step would run uncompiled."""
+    model, tok, prompts = tiny
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    s = HFSampler(model, tok, batch_seqs=2, compile=True)
+    for max_new_tokens in range(2, 14):  # 12 cache lengths
+        s.generate(prompts[:1], 2, temperature=1.0, max_new_tokens=max_new_tokens, seed=0)
+    assert counters["stats"]["unique_graphs"] == 12
+
+
 @pytest.mark.slow
 def test_inductor_compiled_path_matches_the_uncompiled_static_path(tiny):
     """torch.compile with inductor (C++ on CPU): about two minutes cold on 2 cores, seconds with its disk cache."""
