@@ -125,7 +125,9 @@ def save(root: Path, step: int, learner, tokenizer, state: dict, *, config_text:
         learner.save_state(tmp / "learner")  # ends with a barrier: every shard is on disk after it
         if main:
             tokenizer.save_pretrained(tmp)
-            torch.save({"step": step, **state}, tmp / STATE)
+            # The learner's layout: ZeRO shards the optimizer state by rank, so a resume must match it.
+            layout = {"world_size": dist.world_size(), "zero_stage": learner.stage}
+            torch.save({"step": step, "layout": layout, **state}, tmp / STATE)
             if config_text:
                 (tmp / "config.yaml").write_text(config_text)
             if metrics_file is not None and Path(metrics_file).exists():
@@ -171,6 +173,14 @@ def restore(path: Path, learner, stream) -> dict:
     ``path`` as a model directory), the data stream and the RNG states: call it last before the loop,
     once nothing else will draw random numbers. -> the whole loop state (``state["step"]``, the extras)."""
     state = load_state(path)
+    saved, now = state.get("layout"), {"world_size": dist.world_size(), "zero_stage": learner.stage}
+    if saved and saved != now and (saved["zero_stage"] or now["zero_stage"]):  # plain torch: any world size
+        raise CheckpointError(
+            f"{path} was saved by {saved['world_size']} process(es) at deepspeed.zero_stage={saved['zero_stage']}, "
+            f"this run has {now['world_size']} at zero_stage={now['zero_stage']}; its optimizer state is sharded that "
+            f"way, so resume with the same (torchrun --nproc_per_node {saved['world_size']} ... "
+            f"--deepspeed.zero_stage={saved['zero_stage']}), or start a new run from its weights with "
+            f"--model.path={path} (fresh optimizer state)")
     learner.load_state(Path(path) / "learner")
     stream.load_state(state["data"])
     set_rng_state(state["rng"])

@@ -150,7 +150,7 @@ def _grpo_torchrun(out: Path, *extra: str, crash_at: str = "") -> subprocess.Com
 def test_zero2_grpo_killed_and_resumed_equals_uninterrupted(tmp_path):
     """ZeRO-2 shards Adam's state over the ranks: a checkpoint must hold every rank's shard, and resume
     must give each rank its own back, or the resumed run drifts from the uninterrupted one."""
-    from tests.test_resume import metrics
+    from tests.test_resume import cli, metrics
 
     ref, out = tmp_path / "ref", tmp_path / "run"
     r = _grpo_torchrun(ref)
@@ -160,6 +160,9 @@ def test_zero2_grpo_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert killed.returncode != 0 and [m["step"] for m in metrics(out)] == [1, 2]
     shards = sorted(p.name for p in (out / "checkpoints" / "step_2" / "learner").rglob("*optim_states.pt"))
     assert len(shards) == 2, shards  # one optimizer shard per rank
+    one = cli(out, "--grpo.steps=3", "--resume=auto")  # 1 process, plain torch: cannot take 2 ZeRO-2 shards
+    assert one.returncode == 1 and "--nproc_per_node 2 ... --deepspeed.zero_stage=2" in one.stderr, one.stderr[-3000:]
+    assert "Traceback" not in one.stderr
     r = _grpo_torchrun(out, "--resume=auto")
     assert r.returncode == 0, r.stderr[-6000:]
     assert metrics(out) == metrics(ref)

@@ -117,10 +117,14 @@ def test_sft_dpo_rm_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_pat
 
 
 class Saveable:
-    """What checkpoints call on a learner (save_pretrained, save_state) or tokenizer, writing small files."""
+    """What checkpoints call on a learner (save_pretrained, save_state, load_state, stage) or tokenizer,
+    writing small files."""
 
-    def __init__(self, value: float = 0.0):
-        self.w = torch.full((4,), value)
+    def __init__(self, value: float = 0.0, stage: int = 0):
+        self.w, self.stage = torch.full((4,), value), stage
+
+    def load_state(self, path):
+        self.w = -torch.load(Path(path) / "learner.pt")
 
     def save_pretrained(self, path):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -205,3 +209,19 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     before = random.random(), np.random.rand(), torch.rand(1).item()
     ckpt.set_rng_state(ckpt.load_state(tmp_path / "step_1")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == before
+
+
+def test_resume_with_another_zero_layout_names_the_one_to_use(tmp_path):
+    """ZeRO's optimizer shards follow the ranks: a checkpoint resumes only under its own layout, and a
+    mismatch says which, instead of DeepSpeed's or torch's file-not-found."""
+    from rlvr.data import PromptStream
+
+    ckpt.save(tmp_path, 1, Saveable(3.0, stage=2), Saveable(), ckpt.loop_state(PromptStream(8, 0)))
+    with pytest.raises(ckpt.CheckpointError, match=r"1 process\(es\) at deepspeed.zero_stage=2.*zero_stage=0.*"
+                                                   r"--deepspeed.zero_stage=2.*--model.path="):
+        ckpt.restore(tmp_path / "step_1", Saveable(stage=0), PromptStream(8, 0))
+    learner = Saveable(stage=2)
+    assert ckpt.restore(tmp_path / "step_1", learner, PromptStream(8, 0))["step"] == 1
+    assert learner.w.tolist() == [3.0] * 4
+    ckpt.save(tmp_path, 2, Saveable(stage=0), Saveable(), ckpt.loop_state(PromptStream(8, 0)))
+    ckpt.restore(tmp_path / "step_2", Saveable(stage=0), PromptStream(8, 0))  # plain torch: no layout to match
