@@ -86,6 +86,8 @@ class VLLMSampler:
     def generate(self, prompts, n, *, temperature, top_p=1.0, max_new_tokens, seed=0) -> Rollout:
         from vllm import SamplingParams
 
+        if not prompts:  # a rank's empty share (dynamic sampling's last round); batch_decode([]) gives [""]
+            return Rollout([], [], [], [], [])
         # detokenize=False: texts are decoded below with the same call as the hf backend, so rewards
         # see identical strings whichever backend sampled.
         # vLLM refuses n > 1 when greedy; the n rows would be identical anyway, so copy one.

@@ -28,6 +28,7 @@ except Exception as e:  # ImportError, or a vllm build that fails to load beside
 from conftest import REPO, TINY_MODEL
 from rlvr import model as model_lib
 from rlvr.config import ModelConfig, SamplerConfig
+from rlvr.sampler import Rollout
 from rlvr.vllm_sampler import VLLMSampler
 
 # Both sides compute in float32; what is left is kernel rounding (vLLM's CPU attention and fused
@@ -117,6 +118,8 @@ def test_rollout_fields(setup):
     assert again.completion_ids == ro.completion_ids
     greedy = sampler.generate([prompt[:40]], 2, temperature=0.0, max_new_tokens=8, seed=0)
     assert greedy.completion_ids[0] == greedy.completion_ids[1]
+    # No prompts (a rank's empty share of a round), no rows: the tokenizer alone would decode one "".
+    assert sampler.generate([], 3, temperature=1.0, max_new_tokens=8, seed=1) == Rollout([], [], [], [], [])
 
 
 def test_batch_over_the_step_token_budget(setup):
@@ -172,17 +175,25 @@ def test_tiny_zero_runs_on_vllm(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_zero_on_vllm_with_two_learner_ranks(tmp_path):
+@pytest.mark.parametrize("extra", [
+    [],
+    # ZeRO-3: the engine takes weights gathered from the shards, TIS's no-grad forward is collective, and
+    # dynamic sampling's later rounds can leave a rank no prompts at all
+    ["--deepspeed.zero_stage=3", "--grpo.tis_cap=2", "--grpo.dynamic_sampling=true", "--grpo.steps=3",
+     "--grpo.samples_per_prompt=4"],
+])
+def test_tiny_zero_on_vllm_with_two_learner_ranks(tmp_path, extra):
     """torchrun with 2 ranks: each rank's in-process engine samples its share of the prompts and takes
     its rank's weights after every step (on CPU each engine is a world of one beside the learner's gloo
     group). The learner must score those samples as the engine did."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlvr.train",
            "recipes/tiny_zero.yaml", "--sampler.backend=vllm", "--grpo.steps=2", "--grpo.prompts_per_step=4",
-           "--grpo.micro_batch_seqs=16", "--eval.problems=4", "--cpu_threads=1", f"--output_dir={tmp_path / 'run'}"]
+           "--grpo.micro_batch_seqs=16", "--eval.problems=4", "--cpu_threads=1", f"--output_dir={tmp_path / 'run'}",
+           *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == ([1, 2, 3] if extra else [1, 2])
     # step 2 samples with the weights pushed after step 1; with the push disabled this assertion fails
     assert all(0 <= r["mismatch/logprob_abs"] < 1e-4 and r["grad_norm"] > 0 for r in rows), rows
