@@ -135,6 +135,13 @@ def clipped_surrogate(
     return loss, (clipped < unclipped).float()
 
 
+def truncated_is_weight(learner_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS, Yao et al. 2025) for a sampler whose probabilities drift from
+    the learner's (vLLM's kernels, bf16): logp's (B, T) -> min(p_learner / p_sampler, cap) (B, T), no
+    gradient. The cap bounds the variance a near-zero sampler probability would bring."""
+    return torch.exp(learner_logp - sampler_logp).clamp(max=cap).detach()
+
+
 def loss_denominator(mask: torch.Tensor, mode: str) -> float:
     """The normaliser of ``masked_sum`` over a whole optimizer batch (all micro-batches, all ranks):
     tokens for token_mean, sequences for the sequence-mean modes."""

@@ -108,6 +108,9 @@ class GRPOConfig:
     beta: float = 0.0  # KL to a frozen reference; 0 loads no reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
+    # > 0: truncated importance sampling for the sampler-learner mismatch (vLLM): the clip ratio against
+    # the learner's own log-probs (one more no-grad forward), each token weighted by min(ratio, tis_cap)
+    tis_cap: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
     max_sampling_rounds: int = 4
     overlong: Literal["none", "mask", "penalty"] = "none"
@@ -386,6 +389,8 @@ def validate(cfg, source: str = "config") -> None:
             f"{g.micro_batch_seqs}; pick a divisor of {per_opt}")
     if not 0 <= g.clip_low < 1 or g.clip_high < 0:
         raise ConfigError(f"{source}: grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
+    if g.tis_cap and g.tis_cap < 1:
+        raise ConfigError(f"{source}: grpo.tis_cap={g.tis_cap} would scale every token down; use 0 (off) or a cap >= 1 (2 is usual)")
     if not cfg.rewards:
         raise ConfigError(f"{source}: rewards is empty; list at least one verifier, e.g. [{{verifier: math}}]")
     if cfg.sampler.temperature <= 0:

@@ -6,7 +6,8 @@
 Each step draws ``prompts_per_step`` problems, samples ``samples_per_prompt`` completions of each,
 scores them with the recipe's verifiers, normalises rewards within each group, and takes
 ``passes_per_step`` x ``optimizer_steps_per_pass`` clipped policy-gradient steps with the importance
-ratio against the sampler's own log-probabilities. The algorithm math lives in ``rlvr.algos``.
+ratio against the sampler's own log-probabilities (with ``grpo.tis_cap``: against the learner's own,
+each token weighted by the truncated learner/sampler ratio). The algorithm math lives in ``rlvr.algos``.
 """
 
 from __future__ import annotations
@@ -124,22 +125,6 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
         return forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
                        share, pad_id, T, padding_free=g.padding_free, **kw)
 
-    ref = None
-    if ref_model is not None:
-        with torch.no_grad():
-            ref = torch.zeros(B, Tc, device=device)
-            for s in range(0, B, g.micro_batch_seqs):
-                rows = list(range(s, min(s + g.micro_batch_seqs, B)))
-                lp = logprobs(lambda fn, *args: fn(ref_model, *args), rows)[0]
-                ref[rows, : lp.shape[1]] = lp
-    per_opt = math.ceil(B / g.optimizer_steps_per_pass)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-    sums: dict[str, float] = {}
-    n_tok = float(mask.sum())
-
-    def add(k, v):
-        sums[k] = sums.get(k, 0.0) + float(v)
-
     def micro_batches(rows):
         if not g.micro_batch_tokens:
             return [rows[s:s + g.micro_batch_seqs] for s in range(0, len(rows), g.micro_batch_seqs)]
@@ -150,6 +135,30 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
         else:  # similar lengths together: a bin costs rows x its longest row
             bins = packing.pack([max(n) for n in lens], max(g.micro_batch_tokens // G, 1), padded=True)
         return [groups[b].reshape(-1) for b in bins]
+
+    def score_all(forward, collective=False):  # no-grad log-probs of every row (B, Tc), micro-batch by micro-batch
+        out, mbs = torch.zeros(B, Tc, device=device), micro_batches(torch.arange(B))
+        # The learner under ZeRO-3 gathers weights in each forward: then every rank runs as many.
+        with torch.no_grad():
+            for i in range(int(dist.global_max(len(mbs))) if collective else len(mbs)):
+                rows = mbs[min(i, len(mbs) - 1)].tolist()
+                lp = logprobs(forward, rows)[0]
+                if i < len(mbs):
+                    out[rows, : lp.shape[1]] = lp
+        return out
+
+    ref = score_all(lambda fn, *args, **kw: fn(ref_model, *args, **kw)) if ref_model is not None else None
+    # TIS: the clip ratio is taken against the learner's own log-probs before the update, and each token
+    # weighted by min(learner / sampler probability, tis_cap), correcting for the sampler's drift (vLLM).
+    prox = score_all(learner.forward, collective=True) if g.tis_cap else old
+    is_weight = algos.truncated_is_weight(prox, old, g.tis_cap) if g.tis_cap else None
+    per_opt = math.ceil(B / g.optimizer_steps_per_pass)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    sums: dict[str, float] = {}
+    n_tok = float(mask.sum())
+
+    def add(k, v):
+        sums[k] = sums.get(k, 0.0) + float(v)
 
     for pass_ in range(g.passes_per_step):
         order = (torch.randperm(B // G, generator=gen)[:, None] * G + torch.arange(G)).view(-1)  # shuffle whole groups
@@ -164,7 +173,9 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
                 logp, m, ent = logprobs(learner.forward, mb.tolist(), with_entropy=True)
                 m = m * weight
                 w = m.shape[1]  # this micro-batch's longest completion
-                pg, clipped = algos.clipped_surrogate(logp, old[mb, :w], adv[mb], g.clip_low, g.clip_high)
+                pg, clipped = algos.clipped_surrogate(logp, prox[mb, :w], adv[mb], g.clip_low, g.clip_high)
+                if is_weight is not None:
+                    pg = pg * is_weight[mb, :w]
                 per_tok = pg
                 if ref is not None:
                     kl = algos.kl_estimate(logp, ref[mb, :w], g.kl_estimator)
@@ -200,6 +211,10 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
     }
     if "kl" in sums:
         out["kl"] = sums["kl"] / (n_tok * g.passes_per_step)
+    if is_weight is not None:
+        capped = (prox - old > math.log(g.tis_cap)).float()
+        out["mismatch/tis_weight"] = dist.global_sum(float((is_weight * mask).sum())) / n_tok
+        out["mismatch/tis_capped_frac"] = dist.global_sum(float((capped * mask).sum())) / n_tok
     return out
 
 

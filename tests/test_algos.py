@@ -53,6 +53,14 @@ def test_clipped_surrogate_gradient_is_policy_gradient_at_ratio_one():
     assert torch.allclose(logp.grad, torch.tensor([[-2.0, -2.0]]))
 
 
+def test_truncated_is_weight_hand_computed():
+    # learner / sampler probabilities: 0.5/0.25 = 2 -> capped at 1.5; 0.2/0.4 = 0.5; equal -> 1
+    learner = torch.log(torch.tensor([[0.5, 0.2, 0.3]], requires_grad=True))
+    sampler = torch.log(torch.tensor([[0.25, 0.4, 0.3]]))
+    w = algos.truncated_is_weight(learner, sampler, 1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, 0.5, 1.0]]), atol=1e-6) and not w.requires_grad
+
+
 def test_kl_estimators_hand_computed():
     # log(pi/ref) = 0.5 -> k1 = .5 ; k2 = .125 ; k3 = e^-.5 - 1 + .5 = .1065307
     logp, ref = torch.tensor([[0.0]]), torch.tensor([[-0.5]])

@@ -1,6 +1,7 @@
 """A GRPO run end to end on the shipped tiny model: outputs, metrics, summary, determinism, bad input."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -73,6 +74,49 @@ def test_a_learning_step_moves_probability_towards_rewarded_samples(tiny_overrid
         learn(learner, None, batch, cfg, sampler.pad_id, step)
     after = format_rate()
     assert after > before + 0.1, (before, after)
+
+
+def _one_learn(cfg, batch_of, shift: float = 0.0):
+    """A fresh tiny model, one sampled batch whose sampler log-probs are shifted by ``shift``, one learn."""
+    import dataclasses
+
+    from rlvr import data as data_lib, model as model_lib
+    from rlvr.grpo import learn, make_sampler, sample_and_score
+
+    model, tok = model_lib.load(cfg.model)
+    sampler = make_sampler(cfg, model, tok)
+    if not batch_of:
+        problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:16]
+        prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
+        batch_of.append(sample_and_score(cfg, sampler, data_lib.PromptStream(len(problems), 0), problems, prompts,
+                                         [tok.decode(p) for p in prompts], 1)[0])
+    batch = batch_of[0]
+    shifted = dataclasses.replace(batch.rollout, logprobs=[[x + shift for x in lp] for lp in batch.rollout.logprobs])
+    learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
+    return learn(learner, None, dataclasses.replace(batch, rollout=shifted), cfg, sampler.pad_id, 1)
+
+
+def test_tis_weights_each_token_by_the_capped_learner_to_sampler_ratio(tiny_overrides):
+    """A sampler whose log-probs sit 0.3 above the learner's (vLLM drift, exaggerated): TIS clips against
+    the learner's own log-probs, so the surrogate is that of an exact sampler, scaled by e^-0.3 on every
+    token; 1.0 below, the ratio e^1 is capped at 2."""
+    over = {**tiny_overrides, "grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
+            "grpo.lr": 1e-3}
+    batch = []
+    exact = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", over), batch)
+    tis = load_config(REPO / "recipes" / "tiny_zero.yaml", {**over, "grpo.tis_cap": 2.0})
+    above, below = _one_learn(tis, batch, 0.3), _one_learn(tis, batch, -1.0)
+    assert exact["grad_norm"] > 0 and "mismatch/tis_weight" not in exact
+    assert above["mismatch/tis_weight"] == pytest.approx(math.exp(-0.3), rel=1e-4)
+    assert above["mismatch/tis_capped_frac"] == 0 and below["mismatch/tis_capped_frac"] == 1
+    for k in ("loss/pg", "grad_norm"):
+        assert above[k] == pytest.approx(math.exp(-0.3) * exact[k], rel=1e-4), k
+        assert below[k] == pytest.approx(2.0 * exact[k], rel=1e-4), k
+    assert above["clip_frac"] == exact["clip_frac"] == 0  # the clip sees ratio 1, not the sampler's e^0.3
+    untreated = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", over), batch, -1.0)
+    # Without TIS the ratio sees the drift, e^1 > 1 + clip_high: every positive-advantage token is clipped
+    # and its gradient lost.
+    assert untreated["clip_frac"] > 0.2
 
 
 def test_hf_sampler_greedy_is_deterministic_and_logprobs_are_consistent():

@@ -103,14 +103,17 @@ def test_padded_bins_cut_padding():
     assert all(len(b) * max(lengths[i] for i in b) <= budget for b in bins)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"grpo.micro_batch_tokens": 300},  # padded bins of whole groups
-    {"grpo.padding_free": True},  # each 8-sequence micro-batch as one padding-free row
-    {"grpo.padding_free": True, "grpo.micro_batch_tokens": 300},  # padding-free bins by tokens
+@pytest.mark.parametrize("common, overrides", [
+    ({}, {"grpo.micro_batch_tokens": 300}),  # padded bins of whole groups
+    ({}, {"grpo.padding_free": True}),  # each 8-sequence micro-batch as one padding-free row
+    ({}, {"grpo.padding_free": True, "grpo.micro_batch_tokens": 300}),  # padding-free bins by tokens
+    # the KL reference is scored in the same whole-group bins, even with micro_batch_seqs below the group
+    ({"grpo.beta": 0.1, "grpo.micro_batch_seqs": 2}, {"grpo.micro_batch_tokens": 300}),
+    ({"grpo.tis_cap": 2.0}, {"grpo.padding_free": True, "grpo.micro_batch_tokens": 300}),  # TIS's extra forward
 ])
-def test_grpo_micro_batching_changes_the_split_not_the_update(overrides, tiny_overrides, monkeypatch):
+def test_grpo_micro_batching_changes_the_split_not_the_update(common, overrides, tiny_overrides, monkeypatch):
     """One GRPO learn on one sampled batch: token-budget bins and padding-free rows give the loss,
-    gradient norm and updated weights of plain 8-sequence micro-batches, in a different number of
+    gradient norm and updated weights of plain fixed-size micro-batches, in a different number of
     forward/backward passes."""
     from rlvr import data as data_lib
     from rlvr.config import load_config
@@ -119,13 +122,14 @@ def test_grpo_micro_batching_changes_the_split_not_the_update(overrides, tiny_ov
     from tests.conftest import REPO
 
     base = {**tiny_overrides, "grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
-            "grpo.lr": 1e-3}
+            "grpo.lr": 1e-3, **common}
     runs, packed = [], []
     whole = model_lib.packed_completion_logprobs
     monkeypatch.setattr(model_lib, "packed_completion_logprobs", lambda *a, **k: (packed.append(1), whole(*a, **k))[1])
     for over in ({}, overrides):
         cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**base, **over})
         model, tok = model_lib.load(cfg.model)
+        ref_model = model_lib.load(cfg.model)[0].eval().requires_grad_(False) if cfg.grpo.beta else None
         problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:16]
         prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
         sampler = make_sampler(cfg, model, tok)
@@ -135,14 +139,15 @@ def test_grpo_micro_batching_changes_the_split_not_the_update(overrides, tiny_ov
         passes = []
         backward = learner.backward
         learner.backward = lambda loss: (passes.append(1), backward(loss))
-        metrics = learn(learner, None, batch, cfg, sampler.pad_id, 1)
+        metrics = learn(learner, ref_model, batch, cfg, sampler.pad_id, 1)
         runs.append((metrics, len(passes), [p.detach().clone() for p in model.parameters()]))
     (ref, ref_passes, ref_w), (got, got_passes, got_w) = runs
-    assert ref["grad_norm"] > 0 and ref_passes == 2
-    assert len(packed) == (got_passes if overrides.get("grpo.padding_free") else 0)
-    if "grpo.micro_batch_tokens" in overrides:
+    assert ref["grad_norm"] > 0 and ref_passes == 16 // base["grpo.micro_batch_seqs"]
+    forwards = got_passes * (2 if common.get("grpo.tis_cap") else 1)  # TIS: a no-grad forward of each too
+    assert len(packed) == (forwards if overrides.get("grpo.padding_free") else 0)
+    if "grpo.micro_batch_tokens" in overrides and ref_passes == 2:
         assert got_passes > ref_passes  # 16 sequences of ~60-90 tokens: several 300-token bins
-    for k in ("loss/total", "loss/pg", "grad_norm", "entropy", "mismatch/logprob_abs"):
+    for k in ("loss/total", "loss/pg", "grad_norm", "entropy", "mismatch/logprob_abs") + (("kl",) if "kl" in ref else ()):
         assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), k
     for a, b in zip(ref_w, got_w):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
