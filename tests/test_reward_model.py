@@ -40,6 +40,15 @@ def test_rm_trains_saves_loads_and_scores_as_a_verifier(tmp_path):
     assert torch.allclose(raw["reward_model"], direct, atol=1e-5)  # saved and reloaded: same scores
     assert metrics["verifier/reward_model_failures"] == 0.0
 
+    # The chat-RL recipe on it: the reward-model verifier beside math, and a KL to the base model.
+    data = str(REPO / "rlvr" / "tiny" / "data" / "test.jsonl")
+    g = run("recipes/tiny_chat_rl.yaml", output_dir=str(tmp_path / "rl"), **{
+        "reward_model.scorer": str(final), "data.train": data, "data.test": data, "grpo.steps": 1,
+        "grpo.prompts_per_step": 2, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8, "eval.problems": 4})
+    step = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    assert step["kl"] >= 0 and step["grad_norm"] > 0 and "reward/reward_model" in step
+    assert {"initial", "final"} <= set(g["reward_model_score"])
+
 
 def test_reward_model_verifier_needs_a_scorer():
     with pytest.raises(ConfigError, match="reward_model.scorer is empty"):
