@@ -22,7 +22,8 @@ ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What ch
 ``deepspeed.zero_stage`` (2 while the weights fit one GPU beside 1/N of the gradients and Adam state;
 3 beyond), and nothing about batch sizes, which stay *global*: each rank takes
 ``grpo.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
-of the number of ranks. Every rank must call ``Learner.backward`` the same number of times per step
+of the number of ranks; with dynamic sampling the groups each rank kept are dealt out again
+(``grpo.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward`` the same number of times per step
 (ZeRO reduces inside backward): equalise micro-batch counts with ``global_max``.
 
 Sampling: under ZeRO-2 each rank's HF sampler generates with its own full copy of the weights; under
@@ -107,6 +108,15 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if world_size() > 1:
         tdist.broadcast(t, src)
     return t
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` at world size 1."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -95,16 +95,27 @@ def sample_and_score(cfg, sampler, stream, problems, prompts, prompt_texts, step
     m["reward/std_in_group"] = seen.view(-1, G).std(dim=1).mean().item()
     if cfg.eval.verifier in raw_all:
         m["accuracy"] = (torch.cat(raw_all[cfg.eval.verifier]) >= 1.0).float().mean().item()
-    rollout = Rollout.concat(kept)
+    rollout, r = Rollout.concat(kept), torch.cat(kept_r)
     m.update({"sampling/rounds": float(len(seen_r)), "sampling/kept_groups": float(len(rollout) // G),
               "perf/sample_s": t_sample, "perf/verify_s": t_verify})
+    if g.dynamic_sampling and dist.world_size() > 1:
+        rollout, r = deal_groups(rollout, r, G)
     if len(rollout) == 0:
         return None, m
-    r = torch.cat(kept_r)
     adv = algos.group_advantages(r, G, normalize_std=g.advantage == "grpo")
     if g.overlong == "mask":  # truncated completions teach nothing about the answer: zero their weight
         adv = adv * (1.0 - torch.tensor(rollout.truncated, dtype=torch.float))
     return Batch(rollout, adv), m
+
+
+def deal_groups(rollout: Rollout, rewards: torch.Tensor, G: int) -> tuple[Rollout, torch.Tensor]:
+    """Dynamic sampling keeps a different number of groups on each rank, possibly none on one (and then
+    no rank could learn, the learner's calls being collective): every rank's kept groups, dealt out
+    again rank-strided, so the ranks' shares differ by at most one group."""
+    parts = dist.gather_objects((rollout, rewards.tolist()))
+    every, r = Rollout.concat([p[0] for p in parts]), sum((p[1] for p in parts), [])
+    rows = [g * G + j for g in dist.shard(range(len(every) // G)) for j in range(G)]
+    return every.select(rows), torch.tensor([r[i] for i in rows])
 
 
 def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int) -> dict:

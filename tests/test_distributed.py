@@ -109,6 +109,7 @@ def test_single_process_is_a_world_of_one():
     assert dist.global_sum(3) == 3.0
     assert dist.global_max(3) == 3.0
     assert dist.shard(list(range(5))) == [0, 1, 2, 3, 4]
+    assert dist.gather_objects({"a": 1}) == [{"a": 1}]
     dist.barrier()
 
 
@@ -117,6 +118,27 @@ def test_shard_is_rank_strided(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert dist.shard(list(range(8))) == [1, 4, 7]
     assert not dist.is_main()
+
+
+def test_dynamic_sampling_deals_kept_groups_out_evenly(monkeypatch):
+    """Rank 0 kept 3 groups of 2, rank 1 none (all its groups had equal rewards): after the deal rank 0
+    learns groups 0 and 2, rank 1 group 1, each row still with its own prompt, tokens and reward."""
+    from rlvr.grpo import deal_groups
+    from rlvr.sampler import Rollout
+
+    def groups(ids):  # a rollout of groups of 2 whose every field names its group and sample
+        rows = [(g, j) for g in ids for j in range(2)]
+        return Rollout([[g] for g, _ in rows], [[g, j] for g, j in rows], [f"{g}.{j}" for g, j in rows],
+                       [[-float(g)] for g, _ in rows], [False] * len(rows)), torch.tensor([g + j / 10 for g, j in rows])
+
+    kept = {0: groups([0, 1, 2]), 1: groups([])}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "gather_objects", lambda obj: [(kept[k][0], kept[k][1].tolist()) for k in (0, 1)])
+    for rank, mine in ((0, [0, 2]), (1, [1])):
+        monkeypatch.setenv("RANK", str(rank))
+        ro, r = deal_groups(*kept[rank], 2)
+        want_ro, want_r = groups(mine)
+        assert ro == want_ro and torch.allclose(r, want_r)
 
 
 def test_deepspeed_config_section():
