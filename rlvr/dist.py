@@ -23,8 +23,9 @@ ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What ch
 3 beyond), and nothing about batch sizes, which stay *global*: each rank takes
 ``grpo.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
 of the number of ranks; with dynamic sampling the groups each rank kept are dealt out again
-(``grpo.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward`` the same number of times per step
-(ZeRO reduces inside backward): equalise micro-batch counts with ``global_max``.
+(``grpo.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward``
+the same number of times per step (ZeRO reduces inside backward): equalise micro-batch counts with
+``global_max``.
 
 Sampling: under ZeRO-2 each rank's HF sampler generates with its own full copy of the weights; under
 ZeRO-3 the weights are sharded (and gathering them costs a collective per layer that every rank must
