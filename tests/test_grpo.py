@@ -76,8 +76,9 @@ def test_a_learning_step_moves_probability_towards_rewarded_samples(tiny_overrid
     assert after > before + 0.1, (before, after)
 
 
-def _one_learn(cfg, batch_of, shift: float = 0.0):
-    """A fresh tiny model, one sampled batch whose sampler log-probs are shifted by ``shift``, one learn."""
+def _one_learn(cfg, batch_of, shift: float = 0.0, steps: list | None = None):
+    """A fresh tiny model, one sampled batch whose sampler log-probs are shifted by ``shift``, one learn
+    (its optimizer steps' grad norms appended to ``steps``)."""
     import dataclasses
 
     from rlvr import data as data_lib, model as model_lib
@@ -93,7 +94,58 @@ def _one_learn(cfg, batch_of, shift: float = 0.0):
     batch = batch_of[0]
     shifted = dataclasses.replace(batch.rollout, logprobs=[[x + shift for x in lp] for lp in batch.rollout.logprobs])
     learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
+    if steps is not None:
+        step = learner.step
+        learner.step = lambda: steps.append(step()) or steps[-1]
     return learn(learner, None, dataclasses.replace(batch, rollout=shifted), cfg, sampler.pad_id, 1)
+
+
+def _sample(cfg):
+    from rlvr import data as data_lib, model as model_lib
+    from rlvr.grpo import make_sampler, sample_and_score
+
+    model, tok = model_lib.load(cfg.model)
+    problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:64]
+    prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
+    return sample_and_score(cfg, make_sampler(cfg, model, tok), data_lib.PromptStream(len(problems), 0), problems,
+                            prompts, [tok.decode(p) for p in prompts], 1)
+
+
+SMALL = {"grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8}
+
+
+def test_ppo_epochs_and_optimizer_steps_per_pass(tiny_overrides):
+    """2 passes x 2 optimizer steps: four updates, and after the first one the ratio to the sampler's
+    log-probs moves, so a large lr gets clipped; one pass of one step never clips (ratio 1)."""
+    batch, steps = [], []
+    over = {**tiny_overrides, **SMALL, "grpo.lr": 3e-2}
+    one = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", over), batch)
+    many = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", {
+        **over, "grpo.passes_per_step": 2, "grpo.optimizer_steps_per_pass": 2}), batch, steps=steps)
+    assert one["clip_frac"] == 0 and len(steps) == 4 and all(n > 0 for n in steps)
+    assert many["clip_frac"] > 0.01 and many["grad_norm"] == pytest.approx(sum(steps) / 4)
+
+
+def test_entropy_bonus_enters_the_loss(tiny_overrides):
+    """token_mean over one optimizer step: loss/total = loss/pg - entropy_coef x mean token entropy."""
+    m = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, **SMALL,
+                                                                      "grpo.entropy_coef": 0.05}), [])
+    assert m["entropy"] > 0 and m["loss/total"] == pytest.approx(m["loss/pg"] - 0.05 * m["entropy"], rel=1e-5)
+
+
+def test_dynamic_sampling_keeps_informative_groups_and_overlong_mask_zeroes_truncated(tiny_overrides):
+    over = {**tiny_overrides, **SMALL, "grpo.prompts_per_step": 16, "grpo.samples_per_prompt": 2,
+            "grpo.advantage": "drgrpo"}
+    base = load_config(REPO / "recipes" / "tiny_zero.yaml", over)
+    flat = lambda b: [bool(a.abs().max() == 0) for a in b.advantages.view(-1, 2)]  # noqa: E731
+    plain, _ = _sample(base)
+    assert any(flat(plain))  # without it some groups' rewards are all equal: no signal
+    kept, m = _sample(load_config(REPO / "recipes" / "tiny_zero.yaml", {**over, "grpo.dynamic_sampling": True}))
+    assert not any(flat(kept)) and m["sampling/rounds"] > 1 and len(kept.rollout) == 2 * m["sampling/kept_groups"]
+    masked, _ = _sample(load_config(REPO / "recipes" / "tiny_zero.yaml", {**over, "grpo.overlong": "mask"}))
+    cut = torch.tensor(masked.rollout.truncated)
+    assert cut.any() and (~cut).any()
+    assert not masked.advantages[cut].any() and torch.equal(masked.advantages[~cut], plain.advantages[~cut])
 
 
 def test_tis_weights_each_token_by_the_capped_learner_to_sampler_ratio(tiny_overrides):
