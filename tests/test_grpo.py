@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from rlvr import algos
 from rlvr.config import load_config
 from rlvr.grpo import train
 from rlvr.learner import Learner
@@ -133,7 +134,7 @@ def test_entropy_bonus_enters_the_loss(tiny_overrides):
     assert m["entropy"] > 0 and m["loss/total"] == pytest.approx(m["loss/pg"] - 0.05 * m["entropy"], rel=1e-5)
 
 
-def test_dynamic_sampling_keeps_informative_groups_and_overlong_mask_zeroes_truncated(tiny_overrides):
+def test_dynamic_sampling_and_overlong_shaping_on_real_samples(tiny_overrides):
     over = {**tiny_overrides, **SMALL, "grpo.prompts_per_step": 16, "grpo.samples_per_prompt": 2,
             "grpo.advantage": "drgrpo"}
     base = load_config(REPO / "recipes" / "tiny_zero.yaml", over)
@@ -146,6 +147,13 @@ def test_dynamic_sampling_keeps_informative_groups_and_overlong_mask_zeroes_trun
     cut = torch.tensor(masked.rollout.truncated)
     assert cut.any() and (~cut).any()
     assert not masked.advantages[cut].any() and torch.equal(masked.advantages[~cut], plain.advantages[~cut])
+    # DAPO's soft penalty over the last 16 of 40 tokens: drgrpo advantages move by the penalty minus its group mean.
+    soft, _ = _sample(load_config(REPO / "recipes" / "tiny_zero.yaml", {**over, "grpo.overlong": "penalty",
+                                                                         "grpo.overlong_buffer_tokens": 16}))
+    pen = algos.overlong_penalty(torch.tensor([len(c) for c in soft.rollout.completion_ids]), 40, 16, 1.0)
+    assert pen.min() < 0 and soft.rollout.completion_ids == plain.rollout.completion_ids
+    shift = (pen.view(-1, 2) - pen.view(-1, 2).mean(1, keepdim=True)).view(-1)
+    torch.testing.assert_close(soft.advantages - plain.advantages, shift, atol=1e-6, rtol=0)
 
 
 def test_tis_weights_each_token_by_the_capped_learner_to_sampler_ratio(tiny_overrides):
