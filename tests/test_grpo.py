@@ -127,6 +127,21 @@ def test_ppo_epochs_and_optimizer_steps_per_pass(tiny_overrides):
     assert many["clip_frac"] > 0.01 and many["grad_norm"] == pytest.approx(sum(steps) / 4)
 
 
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_loss_aggregation_over_a_real_batch(agg, tiny_overrides):
+    """At ratio 1 every token's surrogate is -A of its sequence, so each mode's loss/pg is known from the
+    advantages and lengths alone: token_mean weighs tokens, seq_mean_token_mean sequences, and Dr. GRPO's
+    seq_mean_token_sum_norm sequences by length / max_new_tokens (40 here)."""
+    batch = []
+    m = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, **SMALL, "grpo.loss_agg": agg}),
+                   batch)
+    adv = batch[0].advantages.double()
+    n = torch.tensor([len(c) for c in batch[0].rollout.completion_ids], dtype=torch.float64)
+    want = {"token_mean": -(adv * n).sum() / n.sum(), "seq_mean_token_mean": -adv.mean(),
+            "seq_mean_token_sum_norm": -(adv * n / 40).mean()}[agg]
+    assert adv.abs().sum() > 0 and m["loss/pg"] == pytest.approx(float(want), abs=1e-5)
+
+
 def test_entropy_bonus_enters_the_loss(tiny_overrides):
     """token_mean over one optimizer step: loss/total = loss/pg - entropy_coef x mean token entropy."""
     m = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, **SMALL,
