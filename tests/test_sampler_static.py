@@ -98,6 +98,37 @@ def test_more_shapes_than_dynamos_default_limit_all_stay_compiled(tiny, monkeypa
     assert counters["stats"]["unique_graphs"] == 12
 
 
+def test_grouped_query_models_decode_without_copying_kv_heads(tiny, monkeypatch):
+    """A GQA model (2 KV heads for 4 query heads) decodes through SDPA's enable_gqa instead of transformers'
+    per-head KV copy, on both paths, and still samples with exactly the learner's log-probabilities."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok, prompts = tiny
+    cfg = AutoConfig.from_pretrained(TINY_MODEL)
+    cfg.num_key_value_heads = 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: calls.append((q.shape[2], kw.get("enable_gqa", False))) or sdpa(q, k, v, **kw))
+    kw = dict(temperature=1.0, max_new_tokens=24, seed=5)
+    dyn, static = HFSampler(model, tok, batch_seqs=10), HFSampler(model, tok, batch_seqs=4, static=True)
+    for s in (dyn, static):
+        calls.clear()
+        ro = s.generate(prompts, 2, **kw)
+        assert model.config._attn_implementation == "sdpa"  # the learner's attention is back
+        decode = [gqa for q_len, gqa in calls if q_len == 1]
+        assert decode and all(decode)  # every decode step's attention took the grouped path
+        assert not any(gqa for q_len, gqa in calls if q_len > 1)  # the prefill kept transformers' own
+        with torch.no_grad():
+            logp, _ = model_lib.grouped_logprobs(model, ro.prompt_ids, ro.completion_ids, 2, s.pad_id, 1.0)
+        for i, lp in enumerate(ro.logprobs):
+            assert torch.allclose(logp[i, : len(lp)], torch.tensor(lp), atol=1e-4)
+    greedy = dict(temperature=0.0, max_new_tokens=24)
+    same(dyn.generate(prompts, 1, **greedy), static.generate(prompts, 1, **greedy))
+
+
 @pytest.mark.slow
 def test_inductor_compiled_path_matches_the_uncompiled_static_path(tiny):
     """torch.compile with inductor (C++ on CPU): about two minutes cold on 2 cores, seconds with its disk cache."""
@@ -126,6 +157,7 @@ def test_cuda_graphs_path_matches_dynamic_and_the_learner():
     graphs = counters["stats"]["unique_graphs"]
     s.generate(prompts[:2], 4, temperature=1.0, max_new_tokens=40, seed=1)
     assert counters["stats"]["unique_graphs"] == graphs
+    assert counters["inductor"]["cudagraph_skips"] == 0  # the step replays as a CUDA graph, not as plain kernels
     with torch.no_grad():
         logp, _ = model_lib.grouped_logprobs(model, ro.prompt_ids, ro.completion_ids, 4, s.pad_id, 1.0)
     for i, lp in enumerate(ro.logprobs):
