@@ -92,6 +92,9 @@ class GRPOConfig:
     # each micro-batch's sequences as one row without padding (for flash-attention's varlen kernels:
     # no compute on padding); the prompt then runs once per sample, not once per group
     padding_free: bool = False
+    # the learner runs each group's prompt once and its samples from that KV cache: fewer FLOPs when
+    # prompts are long, but two decoder passes per micro-batch (false: every row whole, in one pass)
+    share_prompt: bool = True
     optimizer_steps_per_pass: int = 1  # the rollout batch splits into this many optimizer steps
     passes_per_step: int = 1  # optimisation passes over each rollout batch (PPO epochs)
     lr: float = 1e-6

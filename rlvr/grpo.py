@@ -134,7 +134,7 @@ def learn(learner: Learner, ref_model, batch: Batch, cfg, pad_id: int, step: int
 
     def logprobs(forward, rows, **kw):  # forward(fn, *args): the learner's (with gradients) or the reference's
         return forward(model_lib.grouped_logprobs, [ro.prompt_ids[r] for r in rows], [ro.completion_ids[r] for r in rows],
-                       share, pad_id, T, padding_free=g.padding_free, **kw)
+                       share, pad_id, T, padding_free=g.padding_free, share_prompt=g.share_prompt, **kw)
 
     def micro_batches(rows):
         if not g.micro_batch_tokens:

@@ -122,7 +122,7 @@ def packed_completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mas
 
 def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
                      temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None,
-                     padding_free: bool = False):
+                     padding_free: bool = False, share_prompt: bool = True):
     """Log-probabilities of completion tokens -> logp (B, Tc), mask (B, Tc)[, entropy (B, Tc)].
 
     Rows come in groups of ``group_size`` completions of one prompt (GRPO's layout). Each prompt runs
@@ -131,7 +131,8 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
     Column j scores completion token j; ``chunk_tokens`` as in ``completion_logprobs``. With
     ``padding_free`` every row runs whole, prompt included, through ``packed_completion_logprobs``
     (all rows in one padding-free row), and so do they, padded, through ``completion_logprobs`` under
-    gradient checkpointing, which turns the cache off in transformers."""
+    gradient checkpointing, which turns the cache off in transformers, or without ``share_prompt``
+    (one decoder pass instead of two: fewer kernel launches, which wins where prompts are short)."""
     device = next(model.parameters()).device
     B, G = len(completions), group_size
     Tc = max(1, *map(len, completions))  # one all-masked column when every completion is empty
@@ -144,7 +145,7 @@ def grouped_logprobs(model, prompts: list[list[int]], completions: list[list[int
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.23's name
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    if padding_free or checkpointing:
+    if padding_free or checkpointing or not share_prompt:
         ids, attn, mask = pad_batch(prompts, completions, pad_id)
         whole = packed_completion_logprobs if padding_free else completion_logprobs
         out = whole(model, ids.to(device), attn.to(device), mask.to(device), temperature, with_entropy, chunk_tokens)

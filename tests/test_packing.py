@@ -110,6 +110,7 @@ def test_padded_bins_cut_padding():
     # the KL reference is scored in the same whole-group bins, even with micro_batch_seqs below the group
     ({"grpo.beta": 0.1, "grpo.micro_batch_seqs": 2}, {"grpo.micro_batch_tokens": 300}),
     ({"grpo.tis_cap": 2.0}, {"grpo.padding_free": True, "grpo.micro_batch_tokens": 300}),  # TIS's extra forward
+    ({"grpo.beta": 0.1}, {"grpo.share_prompt": False}),  # every row whole (prompt included), the reference too
 ])
 def test_grpo_micro_batching_changes_the_split_not_the_update(common, overrides, tiny_overrides, monkeypatch):
     """One GRPO learn on one sampled batch: token-budget bins and padding-free rows give the loss,
@@ -123,9 +124,10 @@ def test_grpo_micro_batching_changes_the_split_not_the_update(common, overrides,
 
     base = {**tiny_overrides, "grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
             "grpo.lr": 1e-3, **common}
-    runs, packed = [], []
-    whole = model_lib.packed_completion_logprobs
-    monkeypatch.setattr(model_lib, "packed_completion_logprobs", lambda *a, **k: (packed.append(1), whole(*a, **k))[1])
+    runs, calls = [], []
+    for name in ("packed_completion_logprobs", "completion_logprobs"):  # the whole-row paths, spied on
+        fn = getattr(model_lib, name)
+        monkeypatch.setattr(model_lib, name, lambda *a, _f=fn, _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
     for over in ({}, overrides):
         cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**base, **over})
         model, tok = model_lib.load(cfg.model)
@@ -143,8 +145,10 @@ def test_grpo_micro_batching_changes_the_split_not_the_update(common, overrides,
         runs.append((metrics, len(passes), [p.detach().clone() for p in model.parameters()]))
     (ref, ref_passes, ref_w), (got, got_passes, got_w) = runs
     assert ref["grad_norm"] > 0 and ref_passes == 16 // base["grpo.micro_batch_seqs"]
-    forwards = got_passes * (2 if common.get("grpo.tis_cap") else 1)  # TIS: a no-grad forward of each too
-    assert len(packed) == (forwards if overrides.get("grpo.padding_free") else 0)
+    # TIS and the KL reference: a no-grad forward of each micro-batch too
+    forwards = got_passes * (2 if common.get("grpo.tis_cap") or common.get("grpo.beta") else 1)
+    assert calls.count("packed_completion_logprobs") == (forwards if overrides.get("grpo.padding_free") else 0)
+    assert calls.count("completion_logprobs") == (forwards if overrides.get("grpo.share_prompt") is False else 0)
     if "grpo.micro_batch_tokens" in overrides and ref_passes == 2:
         assert got_passes > ref_passes  # 16 sequences of ~60-90 tokens: several 300-token bins
     for k in ("loss/total", "loss/pg", "grad_norm", "entropy", "mismatch/logprob_abs") + (("kl",) if "kl" in ref else ()):
