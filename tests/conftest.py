@@ -14,6 +14,17 @@ TINY_DATA = REPO / "rlvr" / "tiny" / "data"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _models_on_the_cpu():
+    """The suite is a CPU suite, also on a machine with a GPU: models load where ``rlvr.dist.device``
+    says (the GPU there), and the tests compare against CPU tensors. Tests marked gpu name their device."""
+    from rlvr import dist
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dist, "device", lambda: torch.device("cpu"))
+        yield
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
     """Overrides that turn recipes/tiny_zero.yaml into a run of a few seconds."""
