@@ -10,7 +10,8 @@ measures the engines, not the verifiers); the first step is warm-up and not coun
 sampling tokens/s (completion tokens over generation time), learner tokens/s (prompt + completion
 tokens over the rest of the step), whole-step seconds, peak memory, and our/TRL ratios, then the
 physical floor of the step (every weight read once per decode step, 6 x params x tokens for the
-learner, at ``--peak_tbps`` and ``--peak_tflops``) and how far each side is from it. Needs
+learner, at this device's copy and matmul rates, measured first unless ``--peak_tbps`` and
+``--peak_tflops`` are given) and how far each side is from it. Needs
 ``pip install trl``. The qwen05b workload is built from its config with random weights (hub weights
 cannot be downloaded here); prompts are exactly 128 tokens.
 """
@@ -93,7 +94,8 @@ def run_ours(w: dict, a) -> dict:
         "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]", "sampler.compile": a.compile,
         # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
         # rows for the static one (it pads every chunk to batch_seqs rows).
-        "sampler.batch_seqs": min(256, a.prompts * a.samples)})
+        "sampler.batch_seqs": min(256, a.prompts * a.samples),
+        **dict(kv.split("=", 1) for kv in a.set)})
     model, tok = model_lib.load(cfg.model, a.device)
     problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
     prompts = [tok(p)["input_ids"] for p in w["prompts"]]
@@ -114,7 +116,13 @@ def run_ours(w: dict, a) -> dict:
         steps.append({"gen_s": m["perf/sample_s"], "step_s": t2 - t0, "learn_s": t2 - t1,
                       "completion_tokens": sum(map(len, batch.rollout.completion_ids)),
                       "total_tokens": sum(map(len, batch.rollout.completion_ids)) + sum(map(len, batch.rollout.prompt_ids))})
-    return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
+    res = {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
+    if a.compile:  # did the compiled step really run as one graph (a CUDA graph on a GPU) per shape?
+        from torch._dynamo.utils import counters
+
+        res["compiled"] = {"graphs": counters["stats"]["unique_graphs"],
+                           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+    return res
 
 
 def run_trl(w: dict, a) -> dict:
@@ -191,26 +199,30 @@ def summarise(res: dict, peak_tflops: float) -> dict:
             "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12)}
 
 
-def measure_cpu_peaks(threads: int) -> tuple[float, float]:
-    """This CPU's fp32 matmul TFLOP/s and copy TB/s at ``threads`` threads (best of 5): the CPU peaks
-    for MFU and the floor, since a CPU's datasheet peak depends on its clocks and vector units."""
+def measure_peaks(device: str, threads: int) -> tuple[float, float]:
+    """This device's matmul TFLOP/s and copy TB/s (best of 5; bytes read + written): the peaks for MFU
+    and the floor, since what a chip sustains differs from its datasheet (clocks, vector units, power).
+    CPU: fp32 1024^3 at ``threads`` threads; CUDA: bf16 8192^3, the dtype the GPU workload trains in."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    x = torch.randn(64 * 2**20)  # 256 MB, past any cache
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    x = torch.randn((512 if device == "cuda" else 64) * 2**20, device=device)  # 2 GB / 256 MB, past any cache
     y = torch.empty_like(x)
 
     def best(fn):
         fn()
         times = []
         for _ in range(5):
+            sync(device)
             t = time.perf_counter()
             fn()
+            sync(device)
             times.append(time.perf_counter() - t)
         return min(times)
 
-    return 2 * 1024**3 / best(lambda: a @ b) / 1e12, 2 * x.numel() * 4 / best(lambda: y.copy_(x)) / 1e12
+    return 2 * n**3 / best(lambda: a @ b) / 1e12, 2 * x.numel() * 4 / best(lambda: y.copy_(x)) / 1e12
 
 
 def physical_floor(res: dict, w: dict, a) -> float:
@@ -233,20 +245,23 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
     p.add_argument("--compile", action="store_true", help="ours: sampler.compile (the first, uncounted step compiles)")
     p.add_argument("--peak_tflops", type=float, default=None,
-                   help="the device's peak for MFU (default: 989, H100 dense bf16, on cuda; measured on cpu)")
+                   help="the device's peak for MFU and the floor (default: measured; H100 datasheet: 989 dense bf16)")
     p.add_argument("--peak_tbps", type=float, default=None,
-                   help="the device's memory bandwidth for the floor (default: 3.35, H100 SXM, on cuda; measured on cpu)")
+                   help="the device's memory bandwidth for the floor (default: measured; H100 SXM datasheet: 3.35)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="ours: a config override, e.g. --set grpo.share_prompt=false (repeatable)")
+    p.add_argument("--sides", default="ours,trl", choices=["ours,trl", "ours", "trl"],
+                   help="run one side only (no table), e.g. to try a change to ours without re-timing TRL")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
-    if a.device == "cuda":
-        a.peak_tflops, a.peak_tbps = a.peak_tflops or 989.0, a.peak_tbps or 3.35
-    elif not a.side and not (a.peak_tflops and a.peak_tbps):
-        flops, tbps = measure_cpu_peaks(a.threads)
+    if not a.side and not (a.peak_tflops and a.peak_tbps):
+        flops, tbps = measure_peaks(a.device, a.threads)
         a.peak_tflops, a.peak_tbps = a.peak_tflops or flops, a.peak_tbps or tbps
-        print(f"this CPU at {a.threads} thread(s), measured: {flops:.3g} TFLOP/s (fp32 matmul), {tbps:.3g} TB/s (copy)")
+        what = "bf16 8192^3 matmul" if a.device == "cuda" else f"fp32 matmul, {a.threads} thread(s)"
+        print(f"this {a.device} measured: {flops:.3g} TFLOP/s ({what}), {tbps:.3g} TB/s (copy)")
     if a.side:  # child process: one side, result as JSON on the last line
         import torch
 
@@ -260,7 +275,7 @@ def main():
         wf = Path(tmp) / "workload.json"
         wf.write_text(json.dumps(w))
         results = {}
-        for side in ("ours", "trl"):
+        for side in a.sides.split(","):
             cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--workload_json", str(wf)]
             path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
             r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
@@ -270,13 +285,17 @@ def main():
                 return 1
             raw = json.loads(line[-1][7:])
             results[side] = summarise(raw, a.peak_tflops)
+            print(f"{side}: first (uncounted) step {raw['steps'][0]['step_s']:.1f} s"
+                  + (f", compiled {raw['compiled']}" if "compiled" in raw else ""), flush=True)
             if side == "ours":
                 floor = physical_floor(raw, w, a)
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
+    if len(results) < 2:  # one side only (--sides): its line above is the result
+        return 0
     ours, trl = results["ours"], results["trl"]
     print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
           f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)"
-          + (", rlvr with sampler.compile" if a.compile else ""))
+          + (", rlvr with sampler.compile" if a.compile else "") + "".join(f", rlvr {kv}" for kv in a.set))
     print(f"| {'metric':<16} | {'rlvr':>10} | {'TRL':>10} | {'rlvr/TRL':>8} |")
     print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
     for k in ours:
@@ -286,7 +305,8 @@ def main():
         print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
     print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr; learner MFU counts 6 x params x\n"
           " every prompt and completion token, as the usual definition does, but rlvr runs a group's prompt once\n"
-          " for its samples, so on prompt-heavy workloads its figure can pass 100%)")
+          " for its samples, so on prompt-heavy workloads its figure can pass 100%; TRL's GRPOConfig turns\n"
+          " gradient checkpointing on by default, rlvr's model.gradient_checkpointing is off: peak GB reflects that)")
     print(f"physical floor of this step: {floor:.3f} s ({a.peak_tbps:.3g} TB/s, {a.peak_tflops:.3g} TFLOP/s); "
           f"rlvr is {ours['step s'] / floor:.1f}x it, TRL {trl['step s'] / floor:.1f}x")
     return 0
