@@ -78,12 +78,15 @@ def _check(out: Path, stage: int, reference) -> None:
     w, w_ref, w0 = _weights(out / f"hf_stage{stage}"), _weights(ref_hf), _weights(dist_train.REPO / "rlvr" / "tiny" / "model")
     assert got["resumed"] == pytest.approx(got["continued"], rel=1e-6), "resuming from save_state/load_state diverged"
     assert w.keys() == w_ref.keys()
-    moved = max((w_ref[k] - w0[k]).abs().max().item() for k in w)
-    diff = max((w[k] - w_ref[k]).abs().max().item() for k in w)
-    # A lost micro-batch or a rank training on its own would be off by the order of `moved`; averaging instead
-    # of summing over ranks shows in the gradient norms above (Adam itself is blind to the scale). Adam
-    # does magnify rounding where a gradient is ~0 (m / sqrt(v)): a few of ZeRO-3's weights differ by ~1e-6.
-    assert moved > 1e-4 and diff < 1e-2 * moved, f"stage {stage}: weights off by {diff} (training moved them {moved})"
+    # Each tensor's update against the reference's, in norm. A lost micro-batch, a rank training on its own or
+    # a tensor left unsynchronised would be off by the order of the update itself; averaging instead of summing
+    # over ranks shows in the gradient norms above (Adam itself is blind to the scale). Adam does magnify
+    # rounding where a gradient is ~0 (m / sqrt(v)): single elements of ZeRO-3's weights differ by up to ~1e-5,
+    # about 1% of the largest update, so an elementwise bound would test the rounding, not the sharding.
+    assert max((w_ref[k] - w0[k]).abs().max().item() for k in w) > 1e-4  # training moved the weights
+    for k in w:
+        moved, off = (w_ref[k] - w0[k]).norm().item(), (w[k] - w_ref[k]).norm().item()
+        assert off <= 1e-2 * moved + 1e-7, f"stage {stage}: {k} off by {off:.2e} in norm (its update: {moved:.2e})"
 
 
 def test_two_processes_plain_torch_match_one(two_ranks, reference):
