@@ -255,6 +255,8 @@ def main():
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if any("=" not in kv for kv in a.set):
+        p.error(f"--set takes KEY=VALUE, e.g. --set grpo.share_prompt=false; got {a.set}")
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
     if not a.side and not (a.peak_tflops and a.peak_tbps):

@@ -82,16 +82,13 @@ def _one_learn(cfg, batch_of, shift: float = 0.0, steps: list | None = None):
     (its optimizer steps' grad norms appended to ``steps``)."""
     import dataclasses
 
-    from rlvr import data as data_lib, model as model_lib
-    from rlvr.grpo import learn, make_sampler, sample_and_score
+    from rlvr import model as model_lib
+    from rlvr.grpo import learn, make_sampler
 
+    if not batch_of:
+        batch_of.append(_sample(cfg, 16)[0])
     model, tok = model_lib.load(cfg.model)
     sampler = make_sampler(cfg, model, tok)
-    if not batch_of:
-        problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:16]
-        prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
-        batch_of.append(sample_and_score(cfg, sampler, data_lib.PromptStream(len(problems), 0), problems, prompts,
-                                         [tok.decode(p) for p in prompts], 1)[0])
     batch = batch_of[0]
     shifted = dataclasses.replace(batch.rollout, logprobs=[[x + shift for x in lp] for lp in batch.rollout.logprobs])
     learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
@@ -101,12 +98,13 @@ def _one_learn(cfg, batch_of, shift: float = 0.0, steps: list | None = None):
     return learn(learner, None, dataclasses.replace(batch, rollout=shifted), cfg, sampler.pad_id, 1)
 
 
-def _sample(cfg):
+def _sample(cfg, n_problems: int = 64):
+    """One sample_and_score step of a freshly loaded tiny model -> (batch, metrics)."""
     from rlvr import data as data_lib, model as model_lib
     from rlvr.grpo import make_sampler, sample_and_score
 
     model, tok = model_lib.load(cfg.model)
-    problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:64]
+    problems = data_lib.load_problems(cfg.data.train, "train", "question", "answer")[:n_problems]
     prompts = data_lib.encode_prompts(problems, tok, "r1_zero", 512)
     return sample_and_score(cfg, make_sampler(cfg, model, tok), data_lib.PromptStream(len(problems), 0), problems,
                             prompts, [tok.decode(p) for p in prompts], 1)
@@ -175,8 +173,7 @@ def test_tis_weights_each_token_by_the_capped_learner_to_sampler_ratio(tiny_over
     """A sampler whose log-probs sit 0.3 above the learner's (vLLM drift, exaggerated): TIS clips against
     the learner's own log-probs, so the surrogate is that of an exact sampler, scaled by e^-0.3 on every
     token; 1.0 below, the ratio e^1 is capped at 2."""
-    over = {**tiny_overrides, "grpo.prompts_per_step": 4, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
-            "grpo.lr": 1e-3}
+    over = {**tiny_overrides, **SMALL, "grpo.lr": 1e-3}
     batch = []
     exact = _one_learn(load_config(REPO / "recipes" / "tiny_zero.yaml", over), batch)
     tis = load_config(REPO / "recipes" / "tiny_zero.yaml", {**over, "grpo.tis_cap": 2.0})
