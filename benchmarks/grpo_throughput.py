@@ -45,8 +45,12 @@ def build_workload(kind: str, out: Path) -> dict:
 
         rows = [_json.loads(line) for line in open(REPO / "rlvr" / "tiny" / "data" / "test.jsonl")]
         prompts = [R1_ZERO.format(question=r["question"]) for r in rows]
-        return {"model": str(REPO / "rlvr" / "tiny" / "model"), "prompts": prompts, "max_new_tokens": 48,
-                "dtype": "float32"}
+        return {
+            "model": str(REPO / "rlvr" / "tiny" / "model"),
+            "prompts": prompts,
+            "max_new_tokens": 48,
+            "dtype": "float32",
+        }
     import random
 
     import torch
@@ -56,9 +60,18 @@ def build_workload(kind: str, out: Path) -> dict:
     # model keeps Qwen's 151,936-row embedding, prompts are 128 tokens of digits, and completions are
     # decoded as far as that tokenizer can (the reward only needs some text).
     tok = AutoTokenizer.from_pretrained(REPO / "rlvr" / "tiny" / "model")
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                      num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True,
-                      max_position_embeddings=32768, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
@@ -84,44 +97,63 @@ def peak_memory_gb(device: str) -> float:
 def run_ours(w: dict, a) -> dict:
     from rlvr import data as data_lib, model as model_lib
     from rlvr.config import load_config
-    from rlvr.grpo import learn, make_sampler, sample_and_score
     from rlvr.learner import Learner
+    from rlvr.rl import learn, sample_and_score
+    from rlvr.sampler import make_sampler
 
-    cfg = load_config(None, {
-        "model.path": w["model"], "model.dtype": w["dtype"], "sampler.max_new_tokens": w["max_new_tokens"],
-        "sampler.temperature": 1.0, "grpo.prompts_per_step": a.prompts, "grpo.samples_per_prompt": a.samples,
-        "grpo.micro_batch_seqs": a.micro_batch_seqs, "grpo.lr": 1e-6,
-        "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]", "sampler.compile": a.compile,
-        # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
-        # rows for the static one (it pads every chunk to batch_seqs rows).
-        "sampler.batch_seqs": min(256, a.prompts * a.samples),
-        **dict(kv.split("=", 1) for kv in a.set)})
+    cfg = load_config(
+        None,
+        {
+            "model.path": w["model"],
+            "model.dtype": w["dtype"],
+            "sampler.max_new_tokens": w["max_new_tokens"],
+            "sampler.temperature": 1.0,
+            "rl.prompts_per_step": a.prompts,
+            "rl.samples_per_prompt": a.samples,
+            "rl.micro_batch_seqs": a.micro_batch_seqs,
+            "rl.lr": 1e-6,
+            "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]",
+            "sampler.compile": a.compile,
+            # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
+            # rows for the static one (it pads every chunk to batch_seqs rows).
+            "sampler.batch_seqs": min(256, a.prompts * a.samples),
+            **dict(kv.split("=", 1) for kv in a.set),
+        },
+    )
     model, tok = model_lib.load(cfg.model, a.device)
     problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
-    prompts = [tok(p)["input_ids"] for p in w["prompts"]]
-    sampler = make_sampler(cfg, model, tok)
-    learner = Learner(model, cfg.deepspeed, lr=cfg.grpo.lr)
+    train_set = data_lib.PromptSet(problems, [tok(p)["input_ids"] for p in w["prompts"]], w["prompts"])
+    sampler = make_sampler(cfg.sampler, cfg.model, model, tok, cfg.seed)
+    learner = Learner(model, cfg.deepspeed, lr=cfg.rl.lr)
     stream = data_lib.PromptStream(len(problems), 0)
     steps = []
     for step in range(1, a.steps + 1):
         sync(a.device)
         t0 = time.time()
-        batch, m = sample_and_score(cfg, sampler, stream, problems, prompts, w["prompts"], step)
+        batch, m = sample_and_score(cfg, sampler, stream, train_set, step)
         sync(a.device)
         t1 = time.time()
         learn(learner, None, batch, cfg, sampler.pad_id, step)
         sampler.update_weights(model.state_dict().items())
         sync(a.device)
         t2 = time.time()
-        steps.append({"gen_s": m["perf/sample_s"], "step_s": t2 - t0, "learn_s": t2 - t1,
-                      "completion_tokens": sum(map(len, batch.rollout.completion_ids)),
-                      "total_tokens": sum(map(len, batch.rollout.completion_ids)) + sum(map(len, batch.rollout.prompt_ids))})
+        steps.append(
+            {
+                "gen_s": m["perf/sample_s"],
+                "step_s": t2 - t0,
+                "learn_s": t2 - t1,
+                "completion_tokens": sum(map(len, batch.rollout.completion_ids)),
+                "total_tokens": sum(map(len, batch.rollout.completion_ids)) + sum(map(len, batch.rollout.prompt_ids)),
+            }
+        )
     res = {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
     if a.compile:  # did the compiled step really run as one graph (a CUDA graph on a GPU) per shape?
         from torch._dynamo.utils import counters
 
-        res["compiled"] = {"graphs": counters["stats"]["unique_graphs"],
-                           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+        res["compiled"] = {
+            "graphs": counters["stats"]["unique_graphs"],
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+        }
     return res
 
 
@@ -166,19 +198,42 @@ def run_trl(w: dict, a) -> dict:
     n = a.prompts * a.samples
     args = GRPOConfig(
         # The same micro-batching as ours: one generation of n completions per optimizer step.
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.micro_batch_seqs,
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=a.micro_batch_seqs,
         gradient_accumulation_steps=n // a.micro_batch_seqs,
-        num_generations=a.samples, max_completion_length=w["max_new_tokens"], temperature=1.0, beta=0.0,
-        learning_rate=1e-6, max_steps=a.steps, logging_steps=1, report_to="none", save_strategy="no",
-        use_vllm=False, bf16=w["dtype"] == "bfloat16", use_cpu=a.device == "cpu", dataloader_num_workers=0,
-        seed=0, shuffle_dataset=False, disable_dropout=True)
+        num_generations=a.samples,
+        max_completion_length=w["max_new_tokens"],
+        temperature=1.0,
+        beta=0.0,
+        learning_rate=1e-6,
+        max_steps=a.steps,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_vllm=False,
+        bf16=w["dtype"] == "bfloat16",
+        use_cpu=a.device == "cpu",
+        dataloader_num_workers=0,
+        seed=0,
+        shuffle_dataset=False,
+        disable_dropout=True,
+    )
     ds = Dataset.from_dict({"prompt": w["prompts"]})
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
-                          callbacks=[Timer()])
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok, callbacks=[Timer()]
+    )
     trainer.train()
     prompt_tokens = len(tok(w["prompts"][0])["input_ids"]) * n  # the workloads' prompts are near-uniform
-    steps = [{"gen_s": g1 - g0, "step_s": t1 - t0, "learn_s": (t1 - t0) - (g1 - g0), "completion_tokens": ct,
-              "total_tokens": ct + prompt_tokens} for (t0, g0, t1, g1), ct in zip(marks, tokens)]
+    steps = [
+        {
+            "gen_s": g1 - g0,
+            "step_s": t1 - t0,
+            "learn_s": (t1 - t0) - (g1 - g0),
+            "completion_tokens": ct,
+            "total_tokens": ct + prompt_tokens,
+        }
+        for (t0, g0, t1, g1), ct in zip(marks, tokens)
+    ]
     return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -192,11 +247,16 @@ def sync(device: str) -> None:
 def summarise(res: dict, peak_tflops: float) -> dict:
     s = res["steps"][1:] or res["steps"]  # the first step warms up allocators and kernels
     tot = lambda k: sum(x[k] for x in s)  # noqa: E731
-    return {"sample tok/s": tot("completion_tokens") / tot("gen_s"), "learner tok/s": tot("total_tokens") / tot("learn_s"),
-            "step s": tot("step_s") / len(s), "completion tok/s": tot("completion_tokens") / tot("step_s"),
-            "gen share": tot("gen_s") / tot("step_s"), "peak GB": res["peak_gb"],
-            # model FLOPs utilisation of the learner: 6 x params x tokens per second (forward + backward)
-            "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12)}
+    return {
+        "sample tok/s": tot("completion_tokens") / tot("gen_s"),
+        "learner tok/s": tot("total_tokens") / tot("learn_s"),
+        "step s": tot("step_s") / len(s),
+        "completion tok/s": tot("completion_tokens") / tot("step_s"),
+        "gen share": tot("gen_s") / tot("step_s"),
+        "peak GB": res["peak_gb"],
+        # model FLOPs utilisation of the learner: 6 x params x tokens per second (forward + backward)
+        "learner MFU %": 100 * 6 * res["params"] * tot("total_tokens") / tot("learn_s") / (peak_tflops * 1e12),
+    }
 
 
 def measure_peaks(device: str, threads: int) -> tuple[float, float]:
@@ -231,7 +291,9 @@ def physical_floor(res: dict, w: dict, a) -> float:
     s = res["steps"][1:] or res["steps"]
     tokens = sum(x["total_tokens"] for x in s) / len(s)
     weight_bytes = res["params"] * (2 if w["dtype"] == "bfloat16" else 4)
-    return w["max_new_tokens"] * weight_bytes / (a.peak_tbps * 1e12) + 6 * res["params"] * tokens / (a.peak_tflops * 1e12)
+    return w["max_new_tokens"] * weight_bytes / (a.peak_tbps * 1e12) + 6 * res["params"] * tokens / (
+        a.peak_tflops * 1e12
+    )
 
 
 def main():
@@ -244,19 +306,36 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both sides")
     p.add_argument("--compile", action="store_true", help="ours: sampler.compile (the first, uncounted step compiles)")
-    p.add_argument("--peak_tflops", type=float, default=None,
-                   help="the device's peak for MFU and the floor (default: measured; H100 datasheet: 989 dense bf16)")
-    p.add_argument("--peak_tbps", type=float, default=None,
-                   help="the device's memory bandwidth for the floor (default: measured; H100 SXM datasheet: 3.35)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="ours: a config override, e.g. --set grpo.share_prompt=false (repeatable)")
-    p.add_argument("--sides", default="ours,trl", choices=["ours,trl", "ours", "trl"],
-                   help="run one side only (no table), e.g. to try a change to ours without re-timing TRL")
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="the device's peak for MFU and the floor (default: measured; H100 datasheet: 989 dense bf16)",
+    )
+    p.add_argument(
+        "--peak_tbps",
+        type=float,
+        default=None,
+        help="the device's memory bandwidth for the floor (default: measured; H100 SXM datasheet: 3.35)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ours: a config override, e.g. --set rl.share_prompt=false (repeatable)",
+    )
+    p.add_argument(
+        "--sides",
+        default="ours,trl",
+        choices=["ours,trl", "ours", "trl"],
+        help="run one side only (no table), e.g. to try a change to ours without re-timing TRL",
+    )
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
     if any("=" not in kv for kv in a.set):
-        p.error(f"--set takes KEY=VALUE, e.g. --set grpo.share_prompt=false; got {a.set}")
+        p.error(f"--set takes KEY=VALUE, e.g. --set rl.share_prompt=false; got {a.set}")
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
     a.micro_batch_seqs = a.micro_batch_seqs or (64 if a.workload == "tiny" else 16)
     if not a.side and not (a.peak_tflops and a.peak_tbps):
@@ -287,17 +366,23 @@ def main():
                 return 1
             raw = json.loads(line[-1][7:])
             results[side] = summarise(raw, a.peak_tflops)
-            print(f"{side}: first (uncounted) step {raw['steps'][0]['step_s']:.1f} s"
-                  + (f", compiled {raw['compiled']}" if "compiled" in raw else ""), flush=True)
+            print(
+                f"{side}: first (uncounted) step {raw['steps'][0]['step_s']:.1f} s"
+                + (f", compiled {raw['compiled']}" if "compiled" in raw else ""),
+                flush=True,
+            )
             if side == "ours":
                 floor = physical_floor(raw, w, a)
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
     if len(results) < 2:  # one side only (--sides): its line above is the result
         return 0
     ours, trl = results["ours"], results["trl"]
-    print(f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
-          f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)"
-          + (", rlvr with sampler.compile" if a.compile else "") + "".join(f", rlvr {kv}" for kv in a.set))
+    print(
+        f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
+        f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)"
+        + (", rlvr with sampler.compile" if a.compile else "")
+        + "".join(f", rlvr {kv}" for kv in a.set)
+    )
     print(f"| {'metric':<16} | {'rlvr':>10} | {'TRL':>10} | {'rlvr/TRL':>8} |")
     print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
     for k in ours:
@@ -305,12 +390,16 @@ def main():
         if k == "gen share":
             ratio = float("nan")  # a share, not a speed
         print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
-    print("(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr; learner MFU counts 6 x params x\n"
-          " every prompt and completion token, as the usual definition does, but rlvr runs a group's prompt once\n"
-          " for its samples, so on prompt-heavy workloads its figure can pass 100%; TRL's GRPOConfig turns\n"
-          " gradient checkpointing on by default, rlvr's model.gradient_checkpointing is off: peak GB reflects that)")
-    print(f"physical floor of this step: {floor:.3f} s ({a.peak_tbps:.3g} TB/s, {a.peak_tflops:.3g} TFLOP/s); "
-          f"rlvr is {ours['step s'] / floor:.1f}x it, TRL {trl['step s'] / floor:.1f}x")
+    print(
+        "(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr; learner MFU counts 6 x params x\n"
+        " every prompt and completion token, as the usual definition does, but rlvr runs a group's prompt once\n"
+        " for its samples, so on prompt-heavy workloads its figure can pass 100%; TRL's GRPOConfig turns\n"
+        " gradient checkpointing on by default, rlvr's model.gradient_checkpointing is off: peak GB reflects that)"
+    )
+    print(
+        f"physical floor of this step: {floor:.3f} s ({a.peak_tbps:.3g} TB/s, {a.peak_tflops:.3g} TFLOP/s); "
+        f"rlvr is {ours['step s'] / floor:.1f}x it, TRL {trl['step s'] / floor:.1f}x"
+    )
     return 0
 
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 def old_head(model, hidden, targets, temperature=1.0, with_entropy=False, chunk_tokens=None):
     """The head before chunking, for the ``before`` row."""
-    from rlvr import algos
     import torch
+
+    from rlvr import algos
 
     logits = model.get_output_embeddings()(hidden)  # (N, V)
     logp = algos.token_logprobs(logits, targets, temperature)
@@ -57,9 +58,16 @@ def worker(a) -> None:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers, num_key_value_heads=2,
-                      num_attention_heads=max(a.hidden // 64, 2), intermediate_size=4 * a.hidden,
-                      tie_word_embeddings=True, max_position_embeddings=a.prompt + a.completion + 1)
+    cfg = Qwen2Config(
+        vocab_size=a.vocab,
+        hidden_size=a.hidden,
+        num_hidden_layers=a.layers,
+        num_key_value_heads=2,
+        num_attention_heads=max(a.hidden // 64, 2),
+        intermediate_size=4 * a.hidden,
+        tie_word_embeddings=True,
+        max_position_embeddings=a.prompt + a.completion + 1,
+    )
     model = Qwen2ForCausalLM(cfg).to(a.device, getattr(torch, a.dtype))
     G = a.group
     uniq = [torch.randint(0, a.vocab, (a.prompt,)).tolist() for _ in range(a.seqs // G)]
@@ -116,8 +124,10 @@ def main():
 
     import torch
 
-    print(f"device {a.device}, {a.dtype}, vocab {a.vocab}, hidden {a.hidden}, {a.layers} layers, {a.seqs} sequences "
-          f"({a.seqs // a.group} prompts x {a.group}) x {a.completion} completion tokens, prompts {a.prompt} tokens\n")
+    print(
+        f"device {a.device}, {a.dtype}, vocab {a.vocab}, hidden {a.hidden}, {a.layers} layers, {a.seqs} sequences "
+        f"({a.seqs // a.group} prompts x {a.group}) x {a.completion} completion tokens, prompts {a.prompt} tokens\n"
+    )
     print("| head | peak GB | learner GB | s | max abs diff loss | max abs diff grad |")
     print("|---|---|---|---|---|---|")
     base = None
@@ -125,8 +135,9 @@ def main():
         for row in a.rows.split(","):
             out = Path(tmp) / f"{row}.pt"
             args = [f"--{k}={v}" for k, v in vars(a).items() if k not in ("row", "out", "rows") and v is not None]
-            proc = subprocess.run([sys.executable, __file__, *args, f"--row={row}", f"--out={out}"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, *args, f"--row={row}", f"--out={out}"], capture_output=True, text=True
+            )
             if proc.returncode:
                 print(f"| {row} | failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]} |")
                 continue
@@ -134,9 +145,11 @@ def main():
             res = torch.load(out)
             base = base or res
             name = {"before": "before (all at once)", "0": "chunk 0 (all at once)"}.get(row, f"chunk {row}")
-            print(f"| {name} | {r['peak_gb']:.2f} | {r['learner_gb']:.2f} | {r['s']:.1f} | "
-                  f"{abs(res['loss'] - base['loss']):.1e} | {(res['grads'] - base['grads']).abs().max().item():.1e} |",
-                  flush=True)
+            print(
+                f"| {name} | {r['peak_gb']:.2f} | {r['learner_gb']:.2f} | {r['s']:.1f} | "
+                f"{abs(res['loss'] - base['loss']):.1e} | {(res['grads'] - base['grads']).abs().max().item():.1e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

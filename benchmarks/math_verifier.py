@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of rlvr's math verifier and Math-Verify, in one process.
+r"""Side-by-side benchmark of rlvr's math verifier and Math-Verify, in one process.
 
     python benchmarks/math_verifier.py [--data-dir ../shared/data] [--no-math-verify]
 
@@ -77,28 +77,40 @@ def run_calls(fn, rows):
 
 def summarize(name, set_name, rows, verdicts, total_s, lat):
     n = len(rows)
-    ok = sum(v == r[2] for v, r in zip(verdicts, rows))
-    nc = [(v, r) for v, r in zip(verdicts, rows) if not r[3]]
+    pairs = list(zip(verdicts, rows, strict=True))
+    ok = sum(v == r[2] for v, r in pairs)
+    nc = [(v, r) for v, r in pairs if not r[3]]
     ok_nc = sum(v == r[2] for v, r in nc)
-    fp = sum(v and not r[2] for v, r in zip(verdicts, rows))
-    fn = sum((not v) and r[2] for v, r in zip(verdicts, rows))
+    fp = sum(v and not r[2] for v, r in pairs)
+    fn = sum((not v) and r[2] for v, r in pairs)
     lat_sorted = sorted(lat)
     p99 = lat_sorted[min(n - 1, int(0.99 * n))] if n else 0.0
     return {
-        "set": set_name, "verifier": name, "n": n,
-        "acc": 100.0 * ok / n, "acc_nc": 100.0 * ok_nc / max(1, len(nc)), "fp": fp, "fn": fn,
+        "set": set_name,
+        "verifier": name,
+        "n": n,
+        "acc": 100.0 * ok / n,
+        "acc_nc": 100.0 * ok_nc / max(1, len(nc)),
+        "fp": fp,
+        "fn": fn,
         "cps": n / total_s if total_s > 0 else float("inf"),
-        "p99_ms": 1000 * p99, "max_ms": 1000 * (lat_sorted[-1] if lat else 0.0),
+        "p99_ms": 1000 * p99,
+        "max_ms": 1000 * (lat_sorted[-1] if lat else 0.0),
     }
 
 
 def print_table(results):
-    head = f"| {'set':8} | {'verifier':11} | {'n':>5} | {'acc all':>7} | {'acc nc':>7} | {'FP':>3} | {'FN':>3} | {'checks/s':>9} | {'p99 ms':>7} | {'max ms':>7} |"
+    head = (
+        f"| {'set':8} | {'verifier':11} | {'n':>5} | {'acc all':>7} | {'acc nc':>7} | {'FP':>3} | {'FN':>3} "
+        f"| {'checks/s':>9} | {'p99 ms':>7} | {'max ms':>7} |"
+    )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in results:
-        print(f"| {r['set']:8} | {r['verifier']:11} | {r['n']:5d} | {r['acc']:6.2f}% | {r['acc_nc']:6.2f}% | "
-              f"{r['fp']:3d} | {r['fn']:3d} | {r['cps']:9.0f} | {r['p99_ms']:7.2f} | {r['max_ms']:7.1f} |")
+        print(
+            f"| {r['set']:8} | {r['verifier']:11} | {r['n']:5d} | {r['acc']:6.2f}% | {r['acc_nc']:6.2f}% | "
+            f"{r['fp']:3d} | {r['fn']:3d} | {r['cps']:9.0f} | {r['p99_ms']:7.2f} | {r['max_ms']:7.1f} |"
+        )
 
 
 def main(argv=None):
@@ -130,9 +142,12 @@ def main(argv=None):
         verdicts, total, lat = run_calls(vm.verify, rows)
         results.append(summarize("rlvr", set_name, rows, verdicts, total, lat))
         if args.show_errors:
-            for v, r in zip(verdicts, rows):
+            for v, r in zip(verdicts, rows, strict=True):
                 if v != r[2]:
-                    print(f"  rlvr wrong on {set_name}: expected {r[2]} gold={r[1]!r} pred={r[0][-150:]!r}", file=sys.stderr)
+                    print(
+                        f"  rlvr wrong on {set_name}: expected {r[2]} gold={r[1]!r} pred={r[0][-150:]!r}",
+                        file=sys.stderr,
+                    )
 
         t = time.perf_counter()
         got = verifiers.score_batch("math", [r[0] for r in rows], [r[1] for r in rows], timeout_s=1.0)
@@ -141,6 +156,7 @@ def main(argv=None):
         results.append(summarize("rlvr-batch", set_name, rows, verdicts_b, total_b, [total_b / len(rows)] * len(rows)))
 
         if mv is not None:
+
             def mv_check(pred, gold):
                 return mv.verify(mv.parse(_wrap(gold, "\\boxed{%s}")), mv.parse(_wrap(pred, "$%s$")))
 

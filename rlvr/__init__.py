@@ -1,3 +1,19 @@
-"""rlvr: reinforcement learning from verifiable rewards (R1-Zero-style GRPO), small enough to read."""
+"""rlvr: reinforcement learning from verifiable rewards (R1-Zero-style GRPO), small enough to read.
+
+Modules import only from their own layer or the ones below it, and no stage imports another
+(``tests/test_layers.py`` checks both, and that there is no cycle):
+
+1. entry points: ``train`` (every training stage), ``evaluate`` (pass@k on benchmarks)
+2. stages, one loop each: ``rl`` (GRPO, PPO and the policy-gradient family), ``sft``, ``dpo``, ``reward_model``
+3. what the loops are made of: ``run`` (the lifecycle: resume, signals, checkpoints, logging), ``sampler`` and
+   ``vllm_sampler``, ``episodes`` (multi-turn rollouts with tools), ``learner``, ``rewards``, ``grading``
+   (generate and grade), ``plots``, ``packing``
+4. foundations: ``rollout`` (the sampler-learner boundary), ``model``, ``data``, ``checkpoint`` (the on-disk
+   format), ``log``
+5. ``algos`` (pure tensor math), ``dist``, ``config``, ``templates``
+
+Outside the package, imports flow one way too: rlvr -> verifiers -> sandbox, and neither of the last two
+imports torch.
+"""
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ writes everything but its own optimizer shards.
 It is built under ``step_N.tmp``, every file fsynced, the manifest (file names and sizes) written
 last, then renamed into place: a crash at any point leaves either no ``step_N`` or a complete one,
 and ``is_valid`` rejects any directory whose manifest is missing or disagrees with the files.
-The loops (GRPO, SFT, DPO) share these functions; none of them knows what a loop's state holds.
+``rlvr.run`` decides when to save and what a loop's state holds; this module knows only the format.
 
 Fault injection for tests: ``RLVR_CRASH_AT=<point>`` SIGKILLs the process at ``crash_point(<point>)``
 (e.g. ``step3`` in the middle of GRPO step 3, ``save4`` while step 4's checkpoint is half written).
@@ -21,17 +21,14 @@ Fault injection for tests: ``RLVR_CRASH_AT=<point>`` SIGKILLs the process at ``c
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rlvr import dist
 
@@ -42,14 +39,6 @@ _NAME = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or used; the message names the path and the fix."""
-
-
-class RunStopped(RuntimeError):
-    """Training stopped on purpose (a guard tripped, a signal) after saving a checkpoint to resume from."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def crash_point(name: str) -> None:
@@ -107,12 +96,25 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save(root: Path, step: int, learner, tokenizer, state: dict, *, config_text: str = "",
-         metrics_file: Path | None = None, score: float | None = None, keep_last: int = 0, keep_best: str = "") -> Path:
+def save(
+    root: Path,
+    step: int,
+    learner,
+    tokenizer,
+    state: dict,
+    *,
+    config_text: str = "",
+    metrics_file: Path | None = None,
+    score: float | None = None,
+    keep_last: int = 0,
+    keep_best: str = "",
+    others: dict | None = None,
+) -> Path:
     """Write checkpoint ``root/step_<step>`` atomically, then ``prune(root, keep_last, keep_best)``; -> its
     path. Every rank calls. ``learner``: a ``rlvr.learner.Learner`` (``save_pretrained`` and ``save_state``).
     ``state`` must load with weights_only (tensors, numbers, strings, lists, dicts). ``score`` is what
-    ``prune`` ranks by when keeping the best one."""
+    ``prune`` ranks by when keeping the best one. ``others``: more learners by name (PPO's critic), each
+    saved as ``NAME/`` (its HF model) and ``NAME_learner/`` (its optimizer and scheduler)."""
     root, main = Path(root), dist.is_main()
     path, tmp = root / f"step_{step}", root / f"step_{step}.tmp"
     try:
@@ -121,10 +123,12 @@ def save(root: Path, step: int, learner, tokenizer, state: dict, *, config_text:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         dist.barrier()  # the directory exists before any rank writes its shard into it
-        learner.save_pretrained(tmp)
-        learner.save_state(tmp / "learner")  # ends with a barrier: every shard is on disk after it
+        for name, lrn in {"": learner, **(others or {})}.items():
+            lrn.save_pretrained(tmp / name)
+            lrn.save_state(tmp / f"{name}_learner".lstrip("_"))  # ends with a barrier: every shard is on disk
         if main:
-            tokenizer.save_pretrained(tmp)
+            for name in ["", *(others or {})]:
+                tokenizer.save_pretrained(tmp / name)
             # The learner's layout: ZeRO shards the optimizer state by rank, so a resume must match it.
             layout = {"world_size": dist.world_size(), "zero_stage": learner.stage}
             torch.save({"step": step, "layout": layout, **state}, tmp / STATE)
@@ -144,34 +148,20 @@ def save(root: Path, step: int, learner, tokenizer, state: dict, *, config_text:
         prev = find_latest(root)
         raise CheckpointError(
             f"could not write checkpoint {path} ({e.strerror or e}); nothing partial was left behind"
-            + (f"; the newest valid checkpoint is {prev}" if prev else "") + ". Free space or pick another output_dir") from e
+            + (f"; the newest valid checkpoint is {prev}" if prev else "")
+            + ". Free space or pick another output_dir"
+        ) from e
     dist.barrier()  # no rank moves on (or reads it) before the checkpoint is in place
     if main:
         prune(root, keep_last, keep_best)
     return path
 
 
-def save_run(cfg, out: Path, step: int, learner, tokenizer, state: dict, score: float | None = None) -> Path:
-    """``save`` as every training loop calls it: into ``out/checkpoints`` with the run's config, its
-    metrics so far and the retention settings (``keep_last``, ``keep_best_*``) of ``cfg``."""
-    from rlvr import config as config_lib
-
-    return save(Path(out) / "checkpoints", step, learner, tokenizer, state, config_text=config_lib.dump(cfg),
-                metrics_file=Path(out) / "metrics.jsonl", score=score, keep_last=cfg.keep_last,
-                keep_best=cfg.keep_best_mode if cfg.keep_best_metric else "")
-
-
-def loop_state(stream, **extra) -> dict:
-    """What a loop saves besides the learner: data position (a PromptStream), RNG states (rank 0's, which
-    every rank gets back: the loops draw the same numbers on every rank), and ``extra`` (which may also
-    override these)."""
-    return {"data": stream.state(), "rng": rng_state(), **extra}
-
-
-def restore(path: Path, learner, stream) -> dict:
+def restore(path: Path, learner, stream, others: dict | None = None) -> dict:
     """Load checkpoint ``path`` back into the learner (optimizer, scheduler; its weights are loaded from
     ``path`` as a model directory), the data stream and the RNG states: call it last before the loop,
-    once nothing else will draw random numbers. -> the whole loop state (``state["step"]``, the extras)."""
+    once nothing else will draw random numbers. ``others``: the learners ``save`` wrote by name (their
+    weights are loaded from ``path/NAME``). -> the whole loop state (``state["step"]``, the extras)."""
     state = load_state(path)
     saved, now = state.get("layout"), {"world_size": dist.world_size(), "zero_stage": learner.stage}
     if saved and saved != now and (saved["zero_stage"] or now["zero_stage"]):  # plain torch: any world size
@@ -180,8 +170,11 @@ def restore(path: Path, learner, stream) -> dict:
             f"this run has {now['world_size']} at zero_stage={now['zero_stage']}; its optimizer state is sharded that "
             f"way, so resume with the same (torchrun --nproc_per_node {saved['world_size']} ... "
             f"--deepspeed.zero_stage={saved['zero_stage']}), or start a new run from its weights with "
-            f"--model.path={path} (fresh optimizer state)")
+            f"--model.path={path} (fresh optimizer state)"
+        )
     learner.load_state(Path(path) / "learner")
+    for name, other in (others or {}).items():
+        other.load_state(Path(path) / f"{name}_learner")
     stream.load_state(state["data"])
     set_rng_state(state["rng"])
     return state
@@ -243,133 +236,16 @@ def resolve(resume: str, root: Path) -> Path | None:
         if candidate.is_dir() and not (candidate / MANIFEST).exists() and _steps(candidate):
             latest = find_latest(candidate)
             if latest is None:
-                raise CheckpointError(f"resume={resume!r}: no valid checkpoint in {candidate} (every one is incomplete)")
+                raise CheckpointError(
+                    f"resume={resume!r}: no valid checkpoint in {candidate} (every one is incomplete)"
+                )
             return latest
     why = problem(path)
     if why:
-        raise CheckpointError(f"resume={resume!r}: {why}. Use --resume=auto for the newest valid checkpoint in output_dir")
+        raise CheckpointError(
+            f"resume={resume!r}: {why}. Use --resume=auto for the newest valid checkpoint in output_dir"
+        )
     return path
-
-
-def start_run(cfg) -> tuple[Path, Path | None]:
-    """Start of every training stage, on every rank: join the process group; rank 0 creates and probes the
-    output dir, picks what to resume from (``prepare_resume``, which prunes and trims metrics) and saves the
-    resolved config, then the other ranks find the same checkpoint; seed every RNG, set the CPU threads."""
-    from rlvr import config as config_lib
-    from rlvr.log import prepare_output_dir
-
-    dist.init()
-    out, resume_from = Path(cfg.output_dir).expanduser(), None
-    if dist.is_main():
-        out = prepare_output_dir(cfg.output_dir)
-        resume_from = prepare_resume(out, cfg.resume, config_lib.to_dict(cfg))
-        (out / "config.yaml").write_text(config_lib.dump(cfg))
-    dist.barrier()  # the others look only once rank 0 has settled the directory
-    if not dist.is_main():
-        resume_from = resolve(cfg.resume, out / "checkpoints")
-    seed_everything(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    return out, resume_from
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
-def prepare_resume(out: Path, resume: str, config: dict | None = None) -> Path | None:
-    """Start of every training loop: pick the checkpoint to continue from (None: start fresh) and make
-    ``out/metrics.jsonl`` hold exactly its rows (an uninterrupted run's), so rows the crashed process
-    logged after its last checkpoint go; a fresh start begins an empty file. Call before opening it."""
-    root = Path(out) / "checkpoints"
-    path = resolve(resume, root)
-    if path is None and resume == "auto":
-        print(f"resume=auto: no valid checkpoint in {root}; starting fresh")
-    elif path is None and (old := find_latest(root)) is not None:
-        # Training fresh next to them would interleave two runs' checkpoints and a later auto-resume
-        # would silently continue the wrong one.
-        raise CheckpointError(f"{root} holds checkpoints of an earlier run (newest: {old.name}); continue it with "
-                              f"--resume=auto, or start over with another --output_dir (or delete {root})")
-    prune(root, keep_last=0)  # keeps every valid checkpoint; removes interrupted writes
-    metrics, saved = Path(out) / "metrics.jsonl", path and path / "metrics.jsonl"
-    if saved and saved.exists():
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        shutil.copyfile(saved, tmp)
-        os.replace(tmp, metrics)
-    else:
-        metrics.unlink(missing_ok=True)
-    if path is not None:
-        print(f"resuming from {path}")
-        if config is not None and (path / "config.yaml").exists():
-            import yaml
-
-            for change in _changes(yaml.safe_load((path / "config.yaml").read_text()), config):
-                print(f"  note: config differs from the checkpoint's: {change}")
-    return path
-
-
-def _changes(old, new, prefix="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str) if k not in ("resume", "output_dir")
-                for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
-class StopRequest:
-    """``with StopRequest() as stop:`` SIGINT/SIGTERM set ``stop.signum`` so the loop can finish its step,
-    save a checkpoint and exit; a second signal stops at once (KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.signum, self._old = None, {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-              f"(send it again to quit without saving)", flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            return self
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def end_step(cfg, stop, step: int, metrics: dict, bad_steps: int, save) -> int:
-    """How every GRPO, SFT, DPO and reward-model step ends: count the steps in a row whose update was
-    skipped (non-finite loss or gradient: ``metrics["grad_norm"]``, absent when nothing was learnt), save a checkpoint when
-    one is due, on SIGINT/SIGTERM (seen by any rank) or when that count reaches ``max_bad_steps``, and
-    stop after the last two. ``save(step, bad_steps, score)`` runs on every rank. -> the new count."""
-    last = getattr(cfg, cfg.stage).steps  # the stage's section: cfg.grpo, cfg.sft, cfg.dpo, cfg.reward_model
-    bad_steps = 0 if math.isfinite(metrics.get("grad_norm", 0.0)) else bad_steps + 1
-    if bad_steps and dist.is_main():
-        tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_steps} such step(s) in a row; "
-                   f"the run stops at max_bad_steps={cfg.max_bad_steps})")
-    due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last
-    signum = int(dist.global_max(stop.signum or 0))  # a signal seen by any rank stops them all at this step
-    if due or signum or bad_steps >= cfg.max_bad_steps:
-        path = save(step, bad_steps, metrics.get(cfg.keep_best_metric))
-    if bad_steps >= cfg.max_bad_steps:
-        raise RunStopped(
-            f"stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient (skipped, so the "
-            f"weights in {path} are the last finite ones). Check the data and rewards for NaN, lower {cfg.stage}.lr, then --resume={path}")
-    if signum:
-        raise RunStopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}; "
-                              f"continue with --resume=auto", exit_code=128 + signum)
-    return bad_steps
 
 
 def load_state(path: Path) -> dict:
@@ -402,12 +278,14 @@ def check_space(path: Path, need_bytes: int) -> None:
     if free < need_bytes:
         raise CheckpointError(
             f"{path} has {free / 2**20:.0f} MiB free but a checkpoint needs about {need_bytes / 2**20:.0f} MiB; "
-            f"free space or pick another output_dir")
+            f"free space or pick another output_dir"
+        )
 
 
 def checkpoint_bytes(model) -> int:
     """Rough size of a GRPO/SFT/DPO checkpoint: the weights plus AdamW's two moments, with 10% slack."""
-    return int(3.3 * sum(p.numel() * p.element_size() for p in model.parameters()))
+    # ZeRO-3 leaves each rank a shard: ds_numel is the whole tensor's size
+    return int(3.3 * sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters()))
 
 
 def rng_state() -> dict:
@@ -416,8 +294,11 @@ def rng_state() -> dict:
 
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
-    out = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
-           "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}}}
+    out = {
+        "python": [version, list(internal), gauss],
+        "torch": torch.get_rng_state(),
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out

@@ -1,6 +1,6 @@
 """Typed configuration: dataclass defaults are the vetted settings, a recipe YAML lists what differs.
 
-    cfg = load_config("recipes/tiny_zero.yaml", {"grpo.lr": 1e-5, "output_dir": "/tmp/run"})
+    cfg = load_config("recipes/tiny_zero.yaml", {"rl.lr": 1e-5, "output_dir": "/tmp/run"})
 
 Unknown or misspelt keys fail at load with the file, line and nearest valid key; values are checked
 against the field's type (and its allowed choices); batch sizes name their unit and must divide.
@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from rlvr import algos
+
+STAGES = ("rl", "sft", "dpo", "reward_model")
+# Names of earlier releases: a recipe that uses one gets an error naming the new one.
+RENAMED = {"grpo": "rl"}
 
 
 class ConfigError(ValueError):
@@ -42,7 +50,7 @@ class DataConfig:
     # Optional format string over the row's columns, e.g. "{text}\nYour code must pass:\n{test_list}";
     # list columns are joined with newlines. Empty: the question_field as is.
     question_format: str = ""
-    answer_field: str = "answer"
+    answer_field: str = "answer"  # "": prompts without answers (a reward model judges the replies)
     # gsm8k: the answer follows "#### " in the answer field; auto: detect that per row
     answer_format: Literal["auto", "plain", "gsm8k"] = "auto"
     template: Literal["r1_zero", "chat", "plain"] = "r1_zero"
@@ -57,6 +65,7 @@ class DataConfig:
     rejected_field: str = "rejected"
     # A Jinja chat template for a tokenizer that has none (the tiny model); saved with checkpoints
     chat_template: str = ""
+    ptx: str = ""  # rl.ptx_coef's SFT data: chats or prompt/response rows, read like the SFT stage's
     max_seq_tokens: int = 512  # prompt + response; a longer example is an error, never silently cut
 
 
@@ -83,7 +92,22 @@ class RewardSpec:
 
 
 @dataclass
-class GRPOConfig:
+class CriticConfig:
+    """The value model of ``rl.advantage: gae``: a scalar head over a causal LM's body, trained beside the policy."""
+
+    # "" : the policy's own weights with a new value head; else a model directory or hub id, e.g. the
+    # reward model's checkpoint (InstructGPT initialised the critic from it)
+    path: str = ""
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    value_clip: float = 0.2  # PPO's value clipping around the values the advantages used (0: unclipped)
+
+
+@dataclass
+class RLConfig:
     steps: int = 200  # rollout steps (one sample-verify-learn round each)
     prompts_per_step: int = 64
     samples_per_prompt: int = 8
@@ -102,14 +126,30 @@ class GRPOConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    # grpo: (r - mean) / std within the group; drgrpo: r - mean (Dr. GRPO, no std division)
-    advantage: Literal["grpo", "drgrpo"] = "drgrpo"
+    # The advantage estimator (rlvr.algos.ADVANTAGES). grpo: (r - mean) / std within the group; drgrpo:
+    # r - mean (Dr. GRPO); rloo: r - the mean of the group's others; reinforce_pp(_baseline): REINFORCE++, the
+    # reward-to-go whitened over the batch (after the group mean); gae: PPO's, from a learned critic (rl.critic)
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"] = "drgrpo"
+    # The policy loss (rlvr.algos.POLICY_LOSSES): ppo (clipped ratio per token), gspo (one clipped ratio per
+    # sequence; clip_low/clip_high ~3e-4/4e-4), cispo (a clipped, stop-gradient weight times log-prob)
+    policy_loss: Literal["ppo", "gspo", "cispo"] = "ppo"
     # Dr. GRPO's constant normaliser (seq_mean_token_sum_norm) removes the length bias of the others.
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     clip_low: float = 0.2
     clip_high: float = 0.28  # DAPO clip-higher
     beta: float = 0.0  # KL to a frozen reference; 0 loads no reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    # Where the KL goes: "loss" (GRPO's: beta x KL per token in the loss), or "reward" (InstructGPT's: -beta x
+    # KL on every token's reward, for the token-level estimators reinforce_pp* and gae)
+    kl_penalty: Literal["loss", "reward"] = "loss"
+    gamma: float = 1.0  # token-level estimators: the discount
+    lam: float = 0.95  # gae: lambda
+    whiten_advantages: bool = False  # gae: normalise advantages over the batch's tokens (REINFORCE++ always does)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    # PPO-ptx (InstructGPT): each optimizer step also takes the next-token loss of ptx_seqs_per_step SFT rows
+    # (data.ptx), weighted by ptx_coef, so the policy keeps what SFT taught it
+    ptx_coef: float = 0.0
+    ptx_seqs_per_step: int = 8
     entropy_coef: float = 0.0
     # > 0: truncated importance sampling for the sampler-learner mismatch (vLLM): the clip ratio against
     # the learner's own log-probs (one more no-grad forward), each token weighted by min(ratio, tis_cap)
@@ -198,20 +238,39 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class WandbConfig:
+    project: str = ""  # set to log to Weights & Biases too (pip install -e '.[wandb]'); rank 0 only
+    name: str = ""  # the run's name; "": output_dir's last part
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] = "online"  # offline: kept under output_dir, `wandb sync` later
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go besides ``output_dir/metrics.jsonl`` (always written)."""
+
+    tensorboard: bool = True  # output_dir/tensorboard
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class Config:
-    stage: Literal["grpo", "sft", "dpo", "reward_model"] = "grpo"
+    stage: Literal["rl", "sft", "dpo", "reward_model"] = "rl"
     output_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0)])
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
     checkpoint_every: int = 0  # save an HF checkpoint every N steps (and always at the end)
     # Resume: "" starts fresh, "auto" continues from the newest valid checkpoint in output_dir (fresh if
@@ -253,7 +312,7 @@ def _where(source: str, key: str, lines: dict[str, int]) -> str:
     return f"{source}, line {lines[key]}" if key in lines else source
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int], root=None) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     where = _where(source, key, lines)
     if dataclasses.is_dataclass(tp):
@@ -261,24 +320,28 @@ def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key + ".", source, lines)
+        return _build(tp, value, key + ".", source, lines, root)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source, lines)
+        return _coerce(value, inner[0], key, source, lines, root)
     if origin is Literal:
         if value not in args:
-            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            near = [RENAMED[value]] if value in RENAMED else difflib.get_close_matches(str(value), map(str, args), n=1)
+            hint = (
+                f" (did you mean '{near[0]}'?{f' {value!r} is now {near[0]!r}' if value in RENAMED else ''})"
+                if near
+                else ""
+            )
             raise ConfigError(f"{where}: '{key}' is {value!r}; choose one of {', '.join(map(str, args))}{hint}")
         return value
     if origin is list:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
+        if isinstance(value, str):  # YAML on the command line, or a comma list: --eval.k=1,4,16
+            value = yaml.safe_load(value) if value.lstrip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]", source, lines) for i, v in enumerate(value)]
+        return [_coerce(v, args[0], f"{key}[{i}]", source, lines, root) for i, v in enumerate(value)]
     if tp is dict or origin is dict:  # free-form mappings (deepspeed.config): YAML on the command line
         if isinstance(value, str):
             value = yaml.safe_load(value)
@@ -297,8 +360,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -
                 value = yaml.safe_load(value) if tp is int else float(value)
             except (ValueError, yaml.YAMLError):
                 pass
-        ok = isinstance(value, int) and not isinstance(value, bool) if tp is int else (
-            isinstance(value, (int, float)) and not isinstance(value, bool))
+        ok = (
+            isinstance(value, int) and not isinstance(value, bool)
+            if tp is int
+            else (isinstance(value, (int, float)) and not isinstance(value, bool))
+        )
         if not ok:
             raise ConfigError(f"{where}: '{key}' must be {'an integer' if tp is int else 'a number'}, got {value!r}")
         return tp(value)
@@ -309,18 +375,116 @@ def _coerce(value: Any, tp: Any, key: str, source: str, lines: dict[str, int]) -
     return value
 
 
-def _build(cls, values: dict, prefix: str, source: str, lines: dict[str, int]):
+def _build(cls, values: dict, prefix: str, source: str, lines: dict[str, int], root=None):
+    root = root or cls
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
         if k not in names:
-            near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
-            raise ConfigError(f"{_where(source, key, lines)}: unknown key '{key}'{hint}")
-        kwargs[k] = _coerce(v, hints[k], key, source, lines)
+            raise ConfigError(
+                f"{_where(source, key, lines)}: unknown key '{key}'{_suggest(str(k), prefix, names, root)}"
+            )
+        kwargs[k] = _coerce(v, hints[k], key, source, lines, root)
     return cls(**kwargs)
+
+
+# Names users bring from TRL (RLConfig, TrainingArguments) and verl, and rlvr's key for the same setting;
+# a leading "." is the stage's own section (rl.lr, sft.lr, ...).
+FOREIGN_KEYS = {
+    "learning_rate": ".lr",
+    "lr_scheduler_type": ".lr_schedule",
+    "max_steps": ".steps",
+    "total_training_steps": ".steps",
+    "num_train_epochs": ".steps (rlvr counts steps, not epochs)",
+    "warmup_ratio": ".warmup_steps (a number of steps)",
+    "num_warmup_steps": ".warmup_steps",
+    "num_generations": "rl.samples_per_prompt",
+    "rollout.n": "rl.samples_per_prompt",
+    "per_device_train_batch_size": "rl.micro_batch_seqs (sequences per forward/backward; sft.micro_batch_seqs, "
+    "dpo.micro_batch_pairs)",
+    "ppo_micro_batch_size_per_gpu": "rl.micro_batch_seqs",
+    "train_batch_size": "rl.prompts_per_step",
+    "ppo_mini_batch_size": "rl.optimizer_steps_per_pass (= prompts_per_step / ppo_mini_batch_size)",
+    "gradient_accumulation_steps": "rl.micro_batch_seqs (an optimizer step is prompts_per_step x samples_per_prompt "
+    "/ optimizer_steps_per_pass sequences, in micro-batches of micro_batch_seqs)",
+    "max_completion_length": "sampler.max_new_tokens",
+    "response_length": "sampler.max_new_tokens",
+    "max_prompt_length": "data.max_prompt_tokens",
+    "prompt_length": "data.max_prompt_tokens",
+    "max_length": "data.max_seq_tokens",
+    "max_seq_length": "data.max_seq_tokens",
+    "temperature": "sampler.temperature",
+    "top_p": "sampler.top_p",
+    "epsilon": "rl.clip_low",
+    "epsilon_low": "rl.clip_low",
+    "epsilon_high": "rl.clip_high",
+    "clip_ratio_low": "rl.clip_low",
+    "clip_ratio_high": "rl.clip_high",
+    "clip_ratio": "rl.clip_low",
+    "kl_coef": "rl.beta",
+    "kl_loss_coef": "rl.beta",
+    "kl_loss_type": "rl.kl_estimator",
+    "num_iterations": "rl.passes_per_step",
+    "ppo_epochs": "rl.passes_per_step",
+    "loss_type": "rl.loss_agg",
+    "loss_agg_mode": "rl.loss_agg",
+    "scale_rewards": "rl.advantage (grpo divides by the group's std, drgrpo does not)",
+    "mask_truncated_completions": "rl.overlong (mask)",
+    "entropy_coeff": "rl.entropy_coef",
+    "use_vllm": "sampler.backend (vllm)",
+    "vllm_gpu_memory_utilization": "sampler.gpu_memory_utilization",
+    "gpu_memory_utilization": "sampler.gpu_memory_utilization",
+    "vllm_importance_sampling_cap": "rl.tis_cap",
+    "save_steps": "checkpoint_every",
+    "save_freq": "checkpoint_every",
+    "save_total_limit": "keep_last",
+    "eval_steps": "eval.every_steps",
+    "test_freq": "eval.every_steps",
+    "model_name_or_path": "model.path",
+    "dataset_name": "data.train",
+    "torch_dtype": "model.dtype",
+    "bf16": "model.dtype (bfloat16)",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "enable_gradient_checkpointing": "model.gradient_checkpointing",
+    "report_to": "log.wandb.project, log.tensorboard",
+    "packing": "sft.packing",
+}
+
+
+def _suggest(key: str, prefix: str, names: list[str], root) -> str:
+    """The hint after 'unknown key': a renamed section's new name, a TRL/verl name's rlvr equivalent, else the
+    nearest key of the same section, else the same name in another section, else the section's keys."""
+    section = prefix.rstrip(".")
+    if not section and key in RENAMED:
+        return f"; the section '{key}' is now '{RENAMED[key]}' (rename it in the recipe and in --{key}.* flags)"
+    foreign = FOREIGN_KEYS.get(key) or FOREIGN_KEYS.get(f"{section.rsplit('.', 1)[-1]}.{key}")
+    near_foreign = difflib.get_close_matches(key, list(FOREIGN_KEYS), n=1, cutoff=0.85)
+    if foreign is None and near_foreign and not difflib.get_close_matches(key, names, n=1, cutoff=0.85):
+        key, foreign = near_foreign[0], FOREIGN_KEYS[near_foreign[0]]
+    if foreign is not None:
+        target, _, note = foreign.partition(" (")
+        if target.startswith("."):  # the stage's own section; at the top level, any stage's
+            target = f"{section}{target}" if section else "' / '".join(f"{st}{target}" for st in STAGES)
+        return f"; did you mean '{target}'{' (' + note if note else ''}? ('{key}' is the TRL / verl name)"
+    near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean '{prefix}{near[0]}'?"
+    elsewhere = [k for k in _all_keys(root) if k.rsplit(".", 1)[-1] == key]
+    elsewhere = elsewhere or difflib.get_close_matches(key, _all_keys(root), n=1, cutoff=0.75)
+    if elsewhere:
+        return f"; did you mean '{elsewhere[0]}'?"
+    near = difflib.get_close_matches(key, names, n=1, cutoff=0.4)
+    return f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config dataclass."""
+    out = []
+    for f, tp in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values()):
+        out += _all_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{f.name}"]
+    return out
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -336,10 +500,11 @@ def _nest(flat: dict[str, Any]) -> dict:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, mappings recursively."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -360,50 +525,103 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         lines, source = _key_lines(text), str(path)
     if overrides:
         _build(cls, _nest(overrides), "", "command-line override", {})  # blame the override, not the file
-        values = _merge(values, _nest(overrides))
+        values = merge(values, _nest(overrides))
         source = f"{source} + command-line overrides"
     cfg = _build(cls, values, "", source, lines)
-    validate(cfg, source)
+    if isinstance(cfg, Config):  # a value an override set is not on the file's line any more
+        validate(cfg, source, {k: n for k, n in lines.items() if k not in (overrides or {})})
     return cfg
 
 
-def validate(cfg, source: str = "config") -> None:
-    """Cross-field checks: batch-size divisibility and settings that contradict each other."""
+def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None = None) -> None:
+    """Cross-field checks: batch-size divisibility, settings that contradict each other, local paths."""
     _validate_stages(cfg, source)
-    g = getattr(cfg, "grpo", None)
-    if g is None:
-        return
+    _check_paths(cfg, source, lines or {})
+    if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            f"{source}: log.wandb.project is set but wandb is not installed: pip install -e '.[wandb]' "
+            f"(or pip install wandb)"
+        )
+    g = cfg.rl
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun before the config loads
+    if cfg.stage == "rl" and g.prompts_per_step % world:
+        raise ConfigError(
+            f"{source}: rl.prompts_per_step={g.prompts_per_step} does not split over {world} "
+            f"processes; make it a multiple of the number of processes"
+        )
     seqs = g.prompts_per_step * g.samples_per_prompt
     per_opt = seqs // max(g.optimizer_steps_per_pass, 1)
-    for name, v in [("grpo.prompts_per_step", g.prompts_per_step), ("grpo.samples_per_prompt", g.samples_per_prompt),
-                    ("grpo.micro_batch_seqs", g.micro_batch_seqs), ("grpo.optimizer_steps_per_pass", g.optimizer_steps_per_pass),
-                    ("grpo.passes_per_step", g.passes_per_step), ("grpo.steps", g.steps)]:
+    for name, v in [
+        ("rl.prompts_per_step", g.prompts_per_step),
+        ("rl.samples_per_prompt", g.samples_per_prompt),
+        ("rl.micro_batch_seqs", g.micro_batch_seqs),
+        ("rl.optimizer_steps_per_pass", g.optimizer_steps_per_pass),
+        ("rl.passes_per_step", g.passes_per_step),
+        ("rl.steps", g.steps),
+    ]:
         if v < 1:
             raise ConfigError(f"{source}: {name} must be at least 1, got {v}")
-    if g.samples_per_prompt < 2:
-        raise ConfigError(f"{source}: grpo.samples_per_prompt must be >= 2: group-normalised advantages need a group")
+    if g.samples_per_prompt < 2 and g.advantage not in ("reinforce_pp", "gae"):
+        raise ConfigError(
+            f"{source}: rl.samples_per_prompt must be >= 2: rl.advantage={g.advantage} compares each "
+            f"sample with its group (reinforce_pp and gae need no group)"
+        )
+    _validate_algorithm(g, source)
     if seqs % g.optimizer_steps_per_pass:
         raise ConfigError(
             f"{source}: prompts_per_step x samples_per_prompt = {seqs} sequences per step do not split into "
-            f"grpo.optimizer_steps_per_pass={g.optimizer_steps_per_pass} equal optimizer steps; pick a divisor of {seqs}")
+            f"rl.optimizer_steps_per_pass={g.optimizer_steps_per_pass} equal optimizer steps; pick a divisor of "
+            f"{seqs}"
+        )
     if per_opt % g.micro_batch_seqs:
         raise ConfigError(
-            f"{source}: each optimizer step has {per_opt} sequences, not a multiple of grpo.micro_batch_seqs="
-            f"{g.micro_batch_seqs}; pick a divisor of {per_opt}")
-    if not 0 <= g.clip_low < 1 or g.clip_high < 0:
-        raise ConfigError(f"{source}: grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
+            f"{source}: each optimizer step has {per_opt} sequences, not a multiple of rl.micro_batch_seqs="
+            f"{g.micro_batch_seqs}; pick a divisor of {per_opt}"
+        )
+    if not 0 <= g.clip_low < (float("inf") if g.policy_loss == "cispo" else 1) or g.clip_high < 0:
+        raise ConfigError(
+            f"{source}: rl.clip_low must be in [0, 1) (cispo: >= 1 leaves its weight unbounded below) "
+            f"and rl.clip_high >= 0"
+        )
     if g.tis_cap and g.tis_cap < 1:
-        raise ConfigError(f"{source}: grpo.tis_cap={g.tis_cap} would scale every token down; use 0 (off) or a cap >= 1 (2 is usual)")
+        raise ConfigError(
+            f"{source}: rl.tis_cap={g.tis_cap} would scale every token down; use 0 (off) or a cap >= 1 (2 is usual)"
+        )
     if not cfg.rewards:
         raise ConfigError(f"{source}: rewards is empty; list at least one verifier, e.g. [{{verifier: math}}]")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{source}: sampler.temperature must be > 0 for RL sampling (greedy is used for eval)")
 
 
+def _validate_algorithm(g: RLConfig, source: str) -> None:
+    """Estimator, loss, aggregation and KL placement that do not go together."""
+    allowed = algos.POLICY_LOSS_AGGREGATIONS[g.policy_loss]
+    if g.loss_agg not in allowed:
+        raise ConfigError(
+            f"{source}: rl.policy_loss={g.policy_loss} is sound only with rl.loss_agg in "
+            f"({', '.join(allowed)}), not {g.loss_agg}; set rl.loss_agg: {allowed[0]}"
+        )
+    if g.kl_penalty == "reward" and g.advantage not in algos.TOKEN_LEVEL_ADVANTAGES:
+        raise ConfigError(
+            f"{source}: rl.kl_penalty=reward puts -beta x KL into every token's reward, which only the "
+            f"token-level estimators use ({', '.join(sorted(algos.TOKEN_LEVEL_ADVANTAGES))}); with "
+            f"rl.advantage={g.advantage} use rl.kl_penalty: loss"
+        )
+    if g.kl_penalty == "reward" and g.beta <= 0:
+        raise ConfigError(f"{source}: rl.kl_penalty=reward with rl.beta={g.beta} penalises nothing; set rl.beta > 0")
+    if g.ptx_coef < 0 or g.ptx_seqs_per_step < 1:
+        raise ConfigError(f"{source}: rl.ptx_coef must be >= 0 and rl.ptx_seqs_per_step >= 1")
+    if not 0 < g.gamma <= 1 or not 0 <= g.lam <= 1 or g.critic.value_clip < 0:
+        raise ConfigError(f"{source}: rl.gamma must be in (0, 1], rl.lam in [0, 1] and rl.critic.value_clip >= 0")
+
+
 def _validate_stages(cfg, source: str) -> None:
     """Batch sizes of the SFT, DPO and reward-model sections: positive, and micro-batches divide steps."""
-    for sec, per_step, micro in (("sft", "seqs_per_step", "micro_batch_seqs"), ("dpo", "pairs_per_step", "micro_batch_pairs"),
-                                 ("reward_model", "pairs_per_step", "micro_batch_pairs")):
+    for sec, per_step, micro in (
+        ("sft", "seqs_per_step", "micro_batch_seqs"),
+        ("dpo", "pairs_per_step", "micro_batch_pairs"),
+        ("reward_model", "pairs_per_step", "micro_batch_pairs"),
+    ):
         s = getattr(cfg, sec, None)
         if s is None:
             continue
@@ -411,28 +629,107 @@ def _validate_stages(cfg, source: str) -> None:
             if getattr(s, name) < 1:
                 raise ConfigError(f"{source}: {sec}.{name} must be at least 1, got {getattr(s, name)}")
         if getattr(s, per_step) % getattr(s, micro):
-            raise ConfigError(f"{source}: {sec}.{per_step}={getattr(s, per_step)} is not a multiple of {sec}.{micro}="
-                              f"{getattr(s, micro)}; pick a divisor of {getattr(s, per_step)}")
+            raise ConfigError(
+                f"{source}: {sec}.{per_step}={getattr(s, per_step)} is not a multiple of {sec}.{micro}="
+                f"{getattr(s, micro)}; pick a divisor of {getattr(s, per_step)}"
+            )
     ds = getattr(cfg, "deepspeed", None)
     if ds is not None and ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: deepspeed.zero_stage must be 0 (plain torch), 1, 2 or 3, got {ds.zero_stage}")
-    if ds is not None and ds.zero_stage == 3 and cfg.stage == "grpo" and cfg.sampler.backend == "hf":
-        raise ConfigError(f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
-                          f"use sampler.backend=vllm, or deepspeed.zero_stage=2")
+    if ds is not None and ds.zero_stage == 3 and cfg.stage == "rl" and cfg.sampler.backend == "hf":
+        raise ConfigError(
+            f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
+            f"use sampler.backend=vllm, or deepspeed.zero_stage=2"
+        )
     if ds is not None and ds.zero_stage == 3 and cfg.stage == "sft" and cfg.data.test:
-        raise ConfigError(f"{source}: deepspeed.zero_stage=3 shards the weights that sft's held-out evaluation generates "
-                          f"greedy replies with; use deepspeed.zero_stage=2, or data.test='' to train without it")
+        raise ConfigError(
+            f"{source}: deepspeed.zero_stage=3 shards the weights that sft's held-out evaluation generates "
+            f"greedy replies with; use deepspeed.zero_stage=2, or data.test='' to train without it"
+        )
     if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
         raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
     uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))
     if uses_rm and not cfg.reward_model.scorer:
-        raise ConfigError(f"{source}: rewards lists the reward_model verifier but reward_model.scorer is empty; "
-                          f"set it to a checkpoint trained with stage: reward_model")
+        raise ConfigError(
+            f"{source}: rewards lists the reward_model verifier but reward_model.scorer is empty; "
+            f"set it to a checkpoint trained with stage: reward_model"
+        )
+
+
+def _check_paths(cfg: Config, source: str, lines: dict[str, int]) -> None:
+    """Local model and dataset paths must exist, so a typo fails now and not after minutes of model loading.
+    A hub id (``owner/name``, no file suffix) is left to the hub."""
+    paths = [
+        ("model.path", cfg.model.path, _model_is_local),
+        ("data.train", cfg.data.train, _data_is_local),
+        ("data.test", cfg.data.test, _data_is_local),
+    ]
+    if cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards):
+        paths.append(("reward_model.scorer", cfg.reward_model.scorer, _model_is_local))
+    if cfg.stage == "rl" and cfg.rl.ptx_coef:
+        if not cfg.data.ptx:
+            raise ConfigError(f"{source}: rl.ptx_coef={cfg.rl.ptx_coef} needs SFT rows to learn from: set data.ptx")
+        paths.append(("data.ptx", cfg.data.ptx, _data_is_local))
+    if cfg.stage == "rl" and cfg.rl.advantage in algos.ADVANTAGES_WITH_CRITIC:
+        paths.append(("rl.critic.path", cfg.rl.critic.path, _model_is_local))
+    for key, value, is_local in paths:
+        if value and is_local(value) and not Path(value).expanduser().exists():
+            raise ConfigError(
+                f"{_where(source, key, lines)}: {key} {value!r} does not exist (relative paths are from "
+                f"the directory you run in, {Path.cwd()}); give an existing path or a hub id like "
+                f"{'Qwen/Qwen2.5-0.5B' if key != 'data.train' and key != 'data.test' else 'openai/gsm8k'}"
+            )
+
+
+def _model_is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") != 1
+
+
+def _data_is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or "/" not in path or bool(Path(path).suffix)
+
+
+# What each stage reads besides the shared sections (model, data, deepspeed, log and the top-level keys):
+# the printed and saved config holds only those.
+STAGE_SECTIONS = {
+    "rl": ("sampler", "rewards", "rl", "eval"),
+    "sft": ("sampler", "sft"),
+    "dpo": ("dpo",),
+    "reward_model": ("reward_model",),
+}
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data; for a training config, the shared sections and the running stage's own."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, Config):
+        own = set(STAGE_SECTIONS[cfg.stage])
+        if cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards):
+            own.add("reward_model")  # its scorer
+        for other in {sec for secs in STAGE_SECTIONS.values() for sec in secs} - own:
+            out.pop(other)
+    return out
 
 
 def dump(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_cli(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Command-line words -> (positional words, {dotted key: value}). Flags are ``--key=value``, ``--key value``
+    or a bare ``--key`` (true); values stay strings until the config's types read them."""
+    positional, overrides, i = [], {}, 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("--"):
+            positional.append(word)
+        elif "=" in word:
+            key, _, value = word[2:].partition("=")
+            overrides[key] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides[word[2:]] = argv[i + 1]
+            i += 1
+        else:
+            overrides[word[2:]] = "true"
+        i += 1
+    return positional, overrides

@@ -8,11 +8,15 @@ Every other column of a row travels to the verifiers as ``meta`` (test cases, en
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from rlvr.templates import render
 
@@ -47,8 +51,9 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
-    """-> [(where, row)] with ``where`` = 'file:line' (or 'source[split] row i') for error messages."""
+def read_rows(source: str, split: str = "train", hub_config: str | None = None) -> list[tuple[str, dict]]:
+    """-> [(where, row)] with ``where`` = 'file:line' (or 'source[split] row i') for error messages.
+    ``hub_config``: the configuration of a hub dataset (GSM8K's "main")."""
     path = Path(source).expanduser()
     name = path.name.lower()
     if path.is_file() and (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
@@ -73,12 +78,17 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
                 raise DataError(f"{path}: no split {split!r}; it has {', '.join(ds)}")
             ds = ds[split]
     elif path.suffix or "/" not in source or source.startswith((".", "/", "~")):
-        raise DataError(f"dataset {source!r} not found: give a JSONL/JSON/parquet file, a dataset directory, or a hub id")
+        raise DataError(
+            f"dataset {source!r} not found: give a JSONL/JSON/parquet file, a dataset directory, or a hub id"
+        )
     else:
         try:
-            ds = datasets.load_dataset(source, split=split)
+            ds = datasets.load_dataset(source, hub_config, split=split)
         except Exception as e:  # network, auth or name errors all end the same way for the user
-            raise DataError(f"could not load dataset {source!r} (split {split!r}) from the hub: {e}") from None
+            raise DataError(
+                f"could not load dataset {source!r} (split {split!r}) from the hub: {e}; offline, give "
+                f"a local copy (a JSONL/JSON/parquet file)"
+            ) from None
     return [(f"{source}[{split}] row {i}", dict(r)) for i, r in enumerate(ds)]
 
 
@@ -89,17 +99,25 @@ def parse_answer(raw, answer_format: str) -> str:
     return text
 
 
-def load_problems(source: str, split: str, question_field: str, answer_field: str, answer_format: str = "auto",
-                  id_field: str | None = None, question_format: str = "") -> list[Problem]:
+def load_problems(
+    source: str,
+    split: str,
+    question_field: str,
+    answer_field: str,
+    answer_format: str = "auto",
+    id_field: str | None = None,
+    question_format: str = "",
+) -> list[Problem]:
     if not source:
         raise DataError("no dataset given: set data.train (and data.test) in the recipe")
     problems = []
     for i, (where, row) in enumerate(read_rows(source, split)):
-        for key in (question_field, answer_field):
+        for key in (question_field, answer_field) if answer_field else (question_field,):
             if key not in row or row[key] is None:
                 raise DataError(
                     f"{where}: row has no '{key}' field (it has: {', '.join(map(str, row)) or 'nothing'}); "
-                    f"set data.question_field / data.answer_field to the dataset's names")
+                    f"set data.question_field / data.answer_field to the dataset's names"
+                )
         meta = {k: v for k, v in row.items() if k not in (question_field, answer_field)}
         pid = str(row[id_field]) if id_field and id_field in row else str(i)
         question = str(row[question_field])
@@ -108,16 +126,25 @@ def load_problems(source: str, split: str, question_field: str, answer_field: st
             try:
                 question = question_format.format(**cols)
             except (KeyError, IndexError, ValueError) as e:
-                raise DataError(f"{where}: data.question_format {question_format!r} cannot be filled from this row "
-                                f"({type(e).__name__}: {e}); its columns are {', '.join(map(str, row))}") from None
-        problems.append(Problem(question, parse_answer(row[answer_field], answer_format), meta, pid))
+                raise DataError(
+                    f"{where}: data.question_format {question_format!r} cannot be filled from this row "
+                    f"({type(e).__name__}: {e}); its columns are {', '.join(map(str, row))}"
+                ) from None
+        answer = parse_answer(row[answer_field], answer_format) if answer_field else ""  # "": a reward model judges
+        problems.append(Problem(question, answer, meta, pid))
     if not problems:
         raise DataError(f"{source}: no rows")
     return problems
 
 
-def encode_prompts(problems: list[Problem], tokenizer, template: str, max_prompt_tokens: int,
-                   system: str | None = None, source: str = "") -> list[list[int]]:
+def encode_prompts(
+    problems: list[Problem],
+    tokenizer,
+    template: str,
+    max_prompt_tokens: int,
+    system: str | None = None,
+    source: str = "",
+) -> list[list[int]]:
     """Render and tokenize every prompt; a prompt over the budget is an error, never silently cut."""
     out = []
     for p in problems:
@@ -126,9 +153,221 @@ def encode_prompts(problems: list[Problem], tokenizer, template: str, max_prompt
         if len(ids) > max_prompt_tokens:
             raise DataError(
                 f"{source} problem {p.id}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
-                f"{max_prompt_tokens}; raise it (and mind the model's context) or drop long rows")
+                f"{max_prompt_tokens}; raise it (and mind the model's context) or drop long rows"
+            )
         out.append(ids)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks for evaluation (rlvr.evaluate)
+
+# name -> hub (id, config, split), fields, verifier, the column holding a reference solution, and the
+# prompt template a base model is evaluated with (code sets are continued as plain text).
+BENCHMARKS = {
+    "gsm8k": dict(
+        hub=("openai/gsm8k", "main", "test"),
+        question="question",
+        answer="answer",
+        id=None,
+        reference="answer",
+        verifier="math",
+        template="r1_zero",
+    ),
+    "math500": dict(
+        hub=("HuggingFaceH4/MATH-500", None, "test"),
+        question="problem",
+        answer="answer",
+        id="unique_id",
+        reference="solution",
+        verifier="math",
+        template="r1_zero",
+    ),
+    "aime24": dict(
+        hub=("HuggingFaceH4/aime_2024", None, "train"),
+        question="problem",
+        answer="answer",
+        id="id",
+        reference="solution",
+        verifier="math",
+        template="r1_zero",
+    ),
+    "humaneval": dict(
+        hub=("openai/openai_humaneval", None, "test"),
+        question="prompt",
+        answer=None,
+        id="task_id",
+        reference="canonical_solution",
+        verifier="code",
+        template="plain",
+    ),
+    "mbpp": dict(
+        hub=("google-research-datasets/mbpp", "full", "test"),
+        question="text",
+        answer=None,
+        id="task_id",
+        reference="code",
+        verifier="code",
+        template="plain",
+    ),
+}
+
+
+MBPP_TEST_IDS = range(11, 511)  # the standard split: 1-10 are few-shot examples, 511+ train/validation
+
+
+GROUP_FIELDS = ("subject", "level")  # per-group breakdown wherever every row has the field
+
+
+def _first(row: dict, names) -> str | None:
+    return next((f for f in names if f in row), None)
+
+
+def load_benchmark(
+    dataset: str,
+    data_path: str | None = None,
+    *,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    id_field: str | None = None,
+) -> tuple[list[Problem], dict]:
+    """A named benchmark (hub, or ``data_path``) or a file -> (problems, spec). ``spec`` holds ``name``,
+    ``verifier``, ``template``, ``reference`` (the column with a reference solution) and ``groups``."""
+    dataset = str(dataset)
+    if dataset in BENCHMARKS:
+        spec = dict(BENCHMARKS[dataset], name=dataset)
+        hub_id, hub_config, split = spec["hub"]
+        rows = read_rows(data_path, split) if data_path else read_rows(hub_id, split, hub_config)
+    elif Path(dataset).expanduser().exists() or data_path:
+        rows = read_rows(data_path or dataset, "test")
+        spec = dict(
+            name=Path(data_path or dataset).name,
+            question=None,
+            answer=None,
+            id=None,
+            reference=None,
+            verifier=None,
+            template="r1_zero",
+        )
+    else:
+        raise DataError(
+            f"unknown dataset {dataset!r}: choose one of {', '.join(BENCHMARKS)}, or give a path to "
+            f"a JSONL/JSON/parquet file"
+        )
+    if not rows:
+        raise DataError(f"{data_path or dataset}: no rows")
+    first = rows[0][1]
+    code = "test_list" in first or ("test" in first and "entry_point" in first)
+    spec["verifier"] = spec["verifier"] or ("code" if code else "math")
+    spec["question"] = question_field or spec["question"] or _first(first, ("question", "problem", "prompt", "text"))
+    spec["answer"] = answer_field or spec["answer"] or (None if code else _first(first, ("answer", "solution")))
+    if id_field:
+        spec["id"] = id_field
+    elif dataset not in BENCHMARKS:
+        spec["id"] = _first(first, ("unique_id", "task_id", "id"))
+    spec["reference"] = (
+        spec["reference"]
+        or _first(first, ("solution", "canonical_solution", "code"))
+        or (spec["answer"] if "####" in str(first.get(spec["answer"], "")) else None)
+    )
+    spec["groups"] = [g for g in GROUP_FIELDS if all(g in r for _, r in rows)]
+    if spec["question"] is None:
+        raise DataError(
+            f"{rows[0][0]}: no question field (looked for question, problem, prompt, text; the row has "
+            f"{', '.join(first)}); name it with --question_field"
+        )
+
+    problems = []
+    for i, (where, row) in enumerate(rows):
+        meta = dict(row)
+        if "test_list" in meta:
+            if dataset == "mbpp" and int(meta["task_id"]) not in MBPP_TEST_IDS:
+                continue
+            for key in ("test_list", "challenge_test_list"):  # some copies store the lists as Python literals
+                if isinstance(meta.get(key), str):
+                    meta[key] = ast.literal_eval(meta[key])
+            # MBPP's published numbers use test_list only; the code verifier would add the challenge tests.
+            meta.pop("challenge_test_list", None)
+        for key in (spec["question"], spec["answer"], spec["id"]):
+            if key is not None and row.get(key) is None:
+                raise DataError(f"{where}: row has no '{key}' field (it has: {', '.join(row)})")
+        question = str(row[spec["question"]])
+        if "test_list" in meta and spec["question"] == "text":  # MBPP's standard prompt shows the tests
+            question = f"{question}\nYour code should pass these tests:\n\n" + "\n".join(meta["test_list"]) + "\n"
+        answer = parse_answer(row[spec["answer"]], "auto") if spec["answer"] else ""
+        if spec["name"] == "aime24":  # "025": an integer written with leading zeros
+            answer = str(int(answer))
+        pid = str(row[spec["id"]]) if spec["id"] else str(i)
+        problems.append(Problem(question, answer, meta, pid))
+    if len({p.id for p in problems}) != len(problems):
+        raise DataError(
+            f"{data_path or dataset}: problem ids ({spec['id'] or 'row index'}) are not unique; "
+            f"name a unique field with --id_field"
+        )
+    return problems, spec
+
+
+def read_predictions(path: str | Path, problems: list[Problem], dataset: str) -> list[dict]:
+    """``{"id", "completion"}`` lines -> records (sample numbers in file order per id); every bad line is
+    an error naming the file and line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"predictions file {path} does not exist")
+    ids = {p.id for p in problems}
+    example = ", ".join(repr(p.id) for p in problems[:3])
+    counts: Counter = Counter()
+    records = []
+    for line_no, row in read_jsonl(path):
+        for key in ("id", "completion"):
+            if key not in row:
+                raise DataError(
+                    f"{path}:{line_no}: missing field '{key}'; each line is "
+                    f'{{"id": ..., "completion": "..."}} (it has: {", ".join(row) or "nothing"})'
+                )
+        if not isinstance(row["completion"], str):
+            raise DataError(f"{path}:{line_no}: 'completion' must be a string, got {type(row['completion']).__name__}")
+        pid = str(row["id"])
+        if pid not in ids:
+            raise DataError(
+                f"{path}:{line_no}: unknown problem id {pid!r} for dataset {dataset} (its ids look "
+                f"like {example}; GSM8K and plain files use the 0-based row index)"
+            )
+        records.append({"id": pid, "sample": counts[pid], "prompt": None, "completion": row["completion"]})
+        counts[pid] += 1
+    if not records:
+        raise DataError(f"{path}: no predictions")
+    return records
+
+
+@dataclass
+class PromptSet:
+    """Problems with their prompts rendered and tokenized, as the sampler sees them."""
+
+    problems: list[Problem]
+    prompts: list[list[int]]  # token ids
+    texts: list[str]  # the prompts decoded: what reward functions are given
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+
+def load_prompt_set(source: str, split: str, d, tokenizer, limit: int | None = None) -> PromptSet:
+    """``data`` section ``d`` -> the problems of ``source`` (the first ``limit``), rendered with ``d.template``."""
+    problems = load_problems(
+        source, split, d.question_field, d.answer_field, d.answer_format, question_format=d.question_format
+    )[:limit]
+    prompts = encode_prompts(problems, tokenizer, d.template, d.max_prompt_tokens, d.system_prompt, source)
+    return PromptSet(problems, prompts, [tokenizer.decode(p) for p in prompts])
+
+
+def check_context(prompts: list[list[int]], max_new_tokens: int, context: int | None, setting: str, fix: str) -> None:
+    """The longest prompt plus the generation budget (``setting``) must fit the model's context (None: unknown)."""
+    longest = max(map(len, prompts), default=0)
+    if context and longest + max_new_tokens > context:
+        raise DataError(
+            f"the longest prompt ({longest} tokens) plus {setting}={max_new_tokens} exceeds the model's "
+            f"context of {context} tokens; {fix}"
+        )
 
 
 class PromptStream:
@@ -189,8 +428,10 @@ class Preference:
 
 def _field(row: dict, key: str, where: str, setting: str):
     if key not in row or row[key] is None:
-        raise DataError(f"{where}: row has no '{key}' field (it has: {', '.join(map(str, row)) or 'nothing'}); "
-                        f"set {setting} to the dataset's name for it")
+        raise DataError(
+            f"{where}: row has no '{key}' field (it has: {', '.join(map(str, row)) or 'nothing'}); "
+            f"set {setting} to the dataset's name for it"
+        )
     return row[key]
 
 
@@ -213,11 +454,14 @@ def check_messages(messages, where: str, last: str) -> list[dict]:
         want = "user" if i % 2 == 0 else "assistant"
         if m["role"] != want:
             got = [m["role"] for m in out]
-            raise DataError(f"{where}: roles must alternate user/assistant after an optional system message, "
-                            f"got {' -> '.join(got)} (turn {i + (len(out) - len(turns))} should be {want})")
+            raise DataError(
+                f"{where}: roles must alternate user/assistant after an optional system message, "
+                f"got {' -> '.join(got)} (turn {i + (len(out) - len(turns))} should be {want})"
+            )
     if not turns or turns[-1]["role"] != last:
-        raise DataError(f"{where}: the conversation must end with a {last} message, got "
-                        f"{' -> '.join(m['role'] for m in out)}")
+        raise DataError(
+            f"{where}: the conversation must end with a {last} message, got {' -> '.join(m['role'] for m in out)}"
+        )
     return out
 
 
@@ -235,11 +479,14 @@ def load_conversations(source: str, split: str, d) -> list[Conversation]:
             if not isinstance(response, str) or not response.strip():
                 raise DataError(f"{where}: empty response in '{d.response_field}'")
             msgs = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + [
-                {"role": "assistant", "content": response}]
+                {"role": "assistant", "content": response}
+            ]
         else:
-            raise DataError(f"{where}: row has neither '{d.messages_field}' nor '{d.prompt_field}'/'{d.response_field}' "
-                            f"(it has: {', '.join(map(str, row)) or 'nothing'}); set data.messages_field or "
-                            f"data.prompt_field / data.response_field")
+            raise DataError(
+                f"{where}: row has neither '{d.messages_field}' nor '{d.prompt_field}'/'{d.response_field}' "
+                f"(it has: {', '.join(map(str, row)) or 'nothing'}); set data.messages_field or "
+                f"data.prompt_field / data.response_field"
+            )
         out.append(Conversation(check_messages(msgs, where, "assistant"), where))
     if not out:
         raise DataError(f"{source}: no rows")
@@ -284,19 +531,23 @@ def load_preferences(source: str, split: str, d) -> list[Preference]:
         ctx_c, text_c = _reply(chosen, where, d.chosen_field, prompt)
         ctx_r, text_r = _reply(rejected, where, d.rejected_field, prompt)
         if ctx_c is not None and ctx_r is not None and ctx_c != ctx_r:
-            raise DataError(f"{where}: '{d.chosen_field}' and '{d.rejected_field}' conversations differ before the "
-                            f"last reply; a preference pair compares two replies to the same prompt")
+            raise DataError(
+                f"{where}: '{d.chosen_field}' and '{d.rejected_field}' conversations differ before the "
+                f"last reply; a preference pair compares two replies to the same prompt"
+            )
         if text_c.strip() == text_r.strip():
-            raise DataError(f"{where}: chosen and rejected replies are identical; such a pair carries no preference "
-                            f"(drop the row)")
+            raise DataError(
+                f"{where}: chosen and rejected replies are identical; such a pair carries no preference (drop the row)"
+            )
         out.append(Preference(ctx_c or ctx_r or prompt, text_c, text_r, where))
     if not out:
         raise DataError(f"{source}: no rows")
     return out
 
 
-def chat_segments(messages: list[dict], tokenizer, template: str, system: str | None = None,
-                  where: str = "") -> list[tuple[list[int], bool]]:
+def chat_segments(
+    messages: list[dict], tokenizer, template: str, system: str | None = None, where: str = ""
+) -> list[tuple[list[int], bool]]:
     """Tokenize a chat ending with an assistant reply -> [(token ids, is_assistant)] in order.
 
     ``chat``: the tokenizer's chat template; each assistant segment is what the template adds for that
@@ -307,14 +558,17 @@ def chat_segments(messages: list[dict], tokenizer, template: str, system: str | 
     if template != "chat":
         turns = [m for m in messages if m["role"] != "system"]
         if len(turns) != 2:
-            raise DataError(f"{where}: a multi-turn chat needs data.template: chat (template {template!r} renders "
-                            f"one question)")
+            raise DataError(
+                f"{where}: a multi-turn chat needs data.template: chat (template {template!r} renders one question)"
+            )
         prompt = tokenizer(render(turns[0]["content"], template), add_special_tokens=True)["input_ids"]
         reply = tokenizer(turns[1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return [(prompt, False), (reply, True)]
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("data.template is 'chat' but the tokenizer has no chat template; set data.chat_template "
-                        "or use template plain / r1_zero")
+        raise DataError(
+            "data.template is 'chat' but the tokenizer has no chat template; set data.chat_template "
+            "or use template plain / r1_zero"
+        )
     if system and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system}] + messages
     segments, done = [], ""
@@ -322,11 +576,68 @@ def chat_segments(messages: list[dict], tokenizer, template: str, system: str | 
         if m["role"] != "assistant":
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not before.startswith(done) or not through.startswith(before):
-            raise DataError(f"{where}: the chat template does not render conversations as prefixes of each other, "
-                            f"so assistant tokens cannot be located; use a template that does")
-        segments.append((tokenizer(before[len(done):], add_special_tokens=False)["input_ids"], False))
-        segments.append((tokenizer(through[len(before):], add_special_tokens=False)["input_ids"], True))
+            raise DataError(
+                f"{where}: the chat template does not render conversations as prefixes of each other, "
+                f"so assistant tokens cannot be located; use a template that does"
+            )
+        segments.append((tokenizer(before[len(done) :], add_special_tokens=False)["input_ids"], False))
+        segments.append((tokenizer(through[len(before) :], add_special_tokens=False)["input_ids"], True))
         done = through
     return segments
+
+
+def encode_chats(convs: list[Conversation], tok, d) -> list[tuple[list[int], list[float], int]]:
+    """-> [(token ids, loss mask, index where the last assistant reply starts)] per conversation."""
+    out = []
+    for c in convs:
+        segs = chat_segments(c.messages, tok, d.template, d.system_prompt, c.where)
+        ids = [t for s, _ in segs for t in s]
+        mask = [float(a) for s, a in segs for _ in s]
+        if len(ids) > d.max_seq_tokens:
+            raise DataError(
+                f"{c.where}: example is {len(ids)} tokens, over data.max_seq_tokens="
+                f"{d.max_seq_tokens}; raise it (within the model's context) or drop the row"
+            )
+        out.append((ids, mask, len(ids) - len(segs[-1][0])))
+    return out
+
+
+def make_rows(examples, packing: bool, max_len: int, seed: int) -> list[list[tuple[list[int], list[float]]]]:
+    """Examples -> training rows: one example per row, or (packing) whole examples first-fit into rows of
+    at most max_len tokens, in a seeded shuffled order; an example is never split across rows."""
+    if not packing:
+        return [[(ids, mask)] for ids, mask, _ in examples]
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    rows, lens = [], []
+    for i in order:
+        ids, mask, _ = examples[i]
+        j = next((k for k, n in enumerate(lens) if n + len(ids) <= max_len), None)
+        if j is None:
+            rows.append([]), lens.append(0)
+            j = len(rows) - 1
+        rows[j].append((ids, mask))
+        lens[j] += len(ids)
+    return rows
+
+
+def collate(rows, pad_id: int):
+    """Rows of examples -> ids (B, L), attention (B, L) or None when packed, position ids (B, L), mask (B, L).
+
+    A packed batch passes no attention mask: transformers reads the restarting position ids as example
+    boundaries and keeps attention within each example. The padding tail is one more such "example"."""
+    L = max(sum(len(ids) for ids, _ in r) for r in rows)
+    B = len(rows)
+    ids, pos = torch.full((B, L), pad_id, dtype=torch.long), torch.zeros((B, L), dtype=torch.long)
+    attn, mask = torch.zeros((B, L), dtype=torch.long), torch.zeros((B, L))
+    packed = any(len(r) > 1 for r in rows)
+    for b, r in enumerate(rows):
+        at = 0
+        for e_ids, e_mask in r:
+            n = len(e_ids)
+            ids[b, at : at + n], mask[b, at : at + n] = torch.tensor(e_ids), torch.tensor(e_mask)
+            pos[b, at : at + n], attn[b, at : at + n] = torch.arange(n), 1
+            at += n
+        pos[b, at:] = torch.arange(L - at)
+    return ids, (None if packed else attn), pos, mask

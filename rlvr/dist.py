@@ -21,9 +21,9 @@ or one command on the first node with a DeepSpeed hostfile (lines ``node0 slots=
 ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What changes in the recipe:
 ``deepspeed.zero_stage`` (2 while the weights fit one GPU beside 1/N of the gradients and Adam state;
 3 beyond), and nothing about batch sizes, which stay *global*: each rank takes
-``grpo.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
+``rl.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
 of the number of ranks; with dynamic sampling the groups each rank kept are dealt out again
-(``grpo.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward``
+(``rl.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward``
 the same number of times per step (ZeRO reduces inside backward): equalise micro-batch counts with
 ``global_max``.
 
@@ -48,7 +48,8 @@ learner sums (never averages) gradients over ranks.
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -92,7 +93,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def global_sum(x: float) -> float:
     """A Python number summed over ranks, e.g. the loss denominator or a metric's token count."""
-    return float(all_reduce_sum(torch.tensor(float(x), dtype=torch.float64, device=device()))) if world_size() > 1 else float(x)
+    return (
+        float(all_reduce_sum(torch.tensor(float(x), dtype=torch.float64, device=device())))
+        if world_size() > 1
+        else float(x)
+    )
 
 
 def global_max(x: float) -> float:
@@ -128,7 +133,7 @@ def barrier() -> None:
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's share, rank-strided: rank r of N gets items r, r+N, r+2N, ... Shard *prompts*, not
     completions, so each GRPO group (and its advantage baseline) stays on one rank."""
-    return list(items[rank()::world_size()])
+    return list(items[rank() :: world_size()])
 
 
 def device() -> torch.device:

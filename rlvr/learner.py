@@ -1,7 +1,7 @@
 """The learner: one model, its optimizer and LR schedule behind the few calls a training loop needs,
 the same for plain torch (``deepspeed.zero_stage: 0``) and DeepSpeed ZeRO-2/3, on 1 or N ranks.
 
-    learner = Learner.for_stage(model, cfg.deepspeed, cfg.grpo)      # lr, weight decay, clipping, schedule
+    learner = Learner.for_stage(model, cfg.deepspeed, cfg.rl)      # lr, weight decay, clipping, schedule
     denom = dist.global_sum(algos.loss_denominator(mask, g.loss_agg))   # over every micro-batch and rank
     for mb in micro_batches:                                            # same count on every rank
         logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb], T)
@@ -32,7 +32,17 @@ from pathlib import Path
 
 import torch
 
-from rlvr import dist
+from rlvr import config as config_lib, dist
+
+
+def micro_batches(rows: list[int], micro: int) -> list[tuple[list[int], float]]:
+    """This rank's ``dist.shard`` of a step's rows, cut into micro-batches, each with its loss weight.
+    Every rank gets as many (ZeRO reduces inside backward, so every backward needs its partner on every
+    rank): one that runs out repeats its first micro-batch (or the step's) with weight 0."""
+    mine = dist.shard(rows)
+    out = [(mine[i : i + micro], 1.0) for i in range(0, len(mine), micro)]
+    filler = (out[0][0] if out else rows[:micro], 0.0)
+    return out + [filler] * (int(dist.global_max(len(out))) - len(out))
 
 
 def deepspeed_json(ds_cfg, max_grad_norm: float, bf16: bool) -> dict:
@@ -41,32 +51,27 @@ def deepspeed_json(ds_cfg, max_grad_norm: float, bf16: bool) -> dict:
     if ds_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     base = {
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,  # counters only: see the docstring
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # counters only: see the docstring
         "managed_gradient_accumulation": False,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,  # our torch AdamW, so both paths run the same update
-        "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
     }
-    return _merge(base, ds_cfg.config)
+    return config_lib.merge(base, ds_cfg.config)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def lr_schedule(sec):
-    """Section with ``steps``, ``warmup_steps``, ``lr_schedule`` -> LambdaLR factor of the step: linear
-    warmup, then constant or cosine decay to 0 at ``steps`` (every stage's section has these keys)."""
+def lr_schedule(sec, steps: int):
+    """Section with ``warmup_steps`` and ``lr_schedule`` -> LambdaLR factor of the step: linear warmup, then
+    constant or cosine decay to 0 at ``steps`` (every stage's section has these keys)."""
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / sec.warmup_steps) if sec.warmup_steps else 1.0
         if sec.lr_schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * min(step, sec.steps) / sec.steps))
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
         return warm
 
     return factor
@@ -86,8 +91,17 @@ class _Forward(torch.nn.Module):
 
 
 class Learner:
-    def __init__(self, model, ds_cfg, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99),
-                 max_grad_norm: float = 1.0, lr_lambda=None):
+    def __init__(
+        self,
+        model,
+        ds_cfg,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas=(0.9, 0.99),
+        max_grad_norm: float = 1.0,
+        lr_lambda=None,
+    ):
         self.stage, self.max_grad_norm = ds_cfg.zero_stage, max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
         if self.stage and ds_cfg.offload_optimizer:  # DeepSpeed insists on its own CPU Adam for offload
@@ -104,8 +118,9 @@ class Learner:
 
             dist.init()
             bf16 = next(model.parameters()).dtype == torch.bfloat16
-            self.engine, *_ = deepspeed.initialize(model=_Forward(model), optimizer=self.optimizer,
-                                                   config=deepspeed_json(ds_cfg, max_grad_norm, bf16))
+            self.engine, *_ = deepspeed.initialize(
+                model=_Forward(model), optimizer=self.optimizer, config=deepspeed_json(ds_cfg, max_grad_norm, bf16)
+            )
             self.module = model
         else:
             self.engine, self.module = None, model
@@ -113,11 +128,17 @@ class Learner:
                 dist.broadcast_(p.data)
 
     @classmethod
-    def for_stage(cls, model, ds_cfg, sec) -> "Learner":
-        """The learner a stage's section asks for (``cfg.grpo``, ``cfg.sft``, ``cfg.dpo``, ``cfg.reward_model``):
-        its ``lr``, ``weight_decay``, ``max_grad_norm`` and warmup/decay schedule (``lr_schedule``)."""
-        return cls(model, ds_cfg, lr=sec.lr, weight_decay=sec.weight_decay, max_grad_norm=sec.max_grad_norm,
-                   lr_lambda=lr_schedule(sec))
+    def for_stage(cls, model, ds_cfg, sec, steps: int | None = None) -> Learner:
+        """The learner a stage's section asks for (``cfg.rl``, ``cfg.sft``, ..., ``cfg.rl.critic``): its ``lr``,
+        ``weight_decay``, ``max_grad_norm`` and warmup/decay schedule over ``steps`` (default: the section's)."""
+        return cls(
+            model,
+            ds_cfg,
+            lr=sec.lr,
+            weight_decay=sec.weight_decay,
+            max_grad_norm=sec.max_grad_norm,
+            lr_lambda=lr_schedule(sec, sec.steps if steps is None else steps),
+        )
 
     def forward(self, fn, *args, **kwargs):
         """``fn(model, *args, **kwargs)``, the model's forward for training (gradients flow back through
@@ -188,19 +209,28 @@ class Learner:
         writes one shard per rank, so ``path`` must be on storage every rank sees)."""
         path = Path(path)
         if self.engine is not None:
-            self.engine.save_checkpoint(str(path), tag="learner", client_state={"scheduler": self.scheduler.state_dict()})
+            self.engine.save_checkpoint(
+                str(path), tag="learner", client_state={"scheduler": self.scheduler.state_dict()}
+            )
         elif dist.is_main():
             path.mkdir(parents=True, exist_ok=True)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       path / "learner.pt")
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                path / "learner.pt",
+            )
         dist.barrier()
 
     def load_state(self, path) -> None:
         path = Path(path)
         if self.engine is not None:
             # Weights come from the HF checkpoint the model was loaded from; this restores the rest.
-            _, client = self.engine.load_checkpoint(str(path), tag="learner", load_module_only=False,
-                                                    load_optimizer_states=True, load_lr_scheduler_states=False)
+            _, client = self.engine.load_checkpoint(
+                str(path),
+                tag="learner",
+                load_module_only=False,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
             self.scheduler.load_state_dict(client["scheduler"])
         else:
             state = torch.load(path / "learner.pt", map_location="cpu", weights_only=True)

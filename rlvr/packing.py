@@ -1,10 +1,10 @@
-"""Token-budget micro-batches for the learner (numba bin packing), and the padding-free benchmark.
+"""Token-budget micro-batches for the learner (numba bin packing).
 
     bins = pack(lengths, max_tokens)                  # list of index lists, each bin sums to <= max_tokens
     bins = pack(lengths, max_tokens, padded=True)     # each bin's rows x longest row <= max_tokens
-    python -m rlvr.packing                            # tokens/s with and without, tiny model, CPU
+    python benchmarks/packing.py                      # tokens/s with and without, tiny model, CPU
 
-GRPO uses both: ``grpo.micro_batch_tokens`` bins whole groups by tokens, and ``grpo.padding_free``
+GRPO uses both: ``rl.micro_batch_tokens`` bins whole groups by tokens, and ``rl.padding_free``
 runs each micro-batch as one row through ``rlvr.model.packed_completion_logprobs``.
 
 A GRPO batch has completions from 1 to max_new_tokens long; fixed ``micro_batch_seqs`` chunks pad
@@ -22,7 +22,7 @@ Sequences longer than ``max_tokens`` get a bin of their own (they cannot be spli
 
 Measured on the tiny model, 2 shared CPU cores, 128 rows of ~120 prompt + 1..N completion tokens,
 forward+backward real tokens/s (fixed 64-row chunks / padded bins / padding-free 1024-token rows):
-N=48: 5031 / 5802 / 3418; N=256: 2914 / 4871 / 3229 (``python -m rlvr.packing``). So on CPU sdpa
+N=48: 5031 / 5802 / 3418; N=256: 2914 / 4871 / 3229 (``python benchmarks/packing.py``). So on CPU sdpa
 use padded bins; padding-free is for flash-attention, where the packed row costs no cross-sequence
 attention.
 """
@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import torch
-
-from rlvr import model as model_lib
 
 
 @numba.njit(cache=True)
@@ -88,62 +85,3 @@ def pack(lengths, max_tokens: int, padded: bool = False) -> list[list[int]]:
     for i, b in enumerate(bin_of.tolist()):
         bins[b].append(i)
     return bins
-
-
-def _benchmark(max_new_tokens: int, seqs: int = 128, micro_batch_seqs: int = 64, packed_tokens: int = 1024,
-               repeats: int = 2) -> dict:
-    """Forward+backward tokens/s on the tiny model over one GRPO-sized batch, three ways."""
-    import time
-
-    from rlvr.config import ModelConfig
-    from rlvr.tiny import __path__ as tiny_path
-
-    model, _ = model_lib.load(ModelConfig(path=f"{tiny_path[0]}/model"))
-    g = torch.Generator().manual_seed(0)
-    # The tiny recipe's prompts are ~120 tokens; completions spread from 1 token to the budget.
-    prompts = [torch.randint(1, 384, (int(torch.randint(110, 131, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(seqs)]
-    comps = [torch.randint(1, 384, (int(torch.randint(1, max_new_tokens + 1, (1,), generator=g)),), generator=g).tolist()
-             for _ in range(seqs)]
-    ids, attn, mask = model_lib.pad_batch(prompts, comps, pad_id=0)
-    lengths = attn.sum(-1)
-    real_tokens = int(lengths.sum())
-
-    def step(mbs, fn, trim):
-        for mb in mbs:
-            w = int(lengths[mb].max()) if trim else ids.shape[1]
-            logp, m = fn(model, ids[mb, :w], attn[mb, :w], mask[mb, :w], 1.0)
-            ((logp * m).sum() / real_tokens).backward()
-        model.zero_grad(set_to_none=True)
-
-    ways = {
-        # what learn() does now: fixed row chunks of the batch padded to its longest row
-        "fixed": ([torch.arange(s, min(s + micro_batch_seqs, seqs)) for s in range(0, seqs, micro_batch_seqs)],
-                  model_lib.completion_logprobs, False),
-        # same activation budget (rows x longest), rows of similar length together, each bin trimmed
-        "padded_bins": ([torch.tensor(b) for b in pack(lengths.tolist(), micro_batch_seqs * ids.shape[1], padded=True)],
-                        model_lib.completion_logprobs, True),
-        # one packed row per bin; on CPU sdpa attends over the whole row, so bins stay short
-        "padding_free": ([torch.tensor(b) for b in pack(lengths.tolist(), packed_tokens)],
-                         model_lib.packed_completion_logprobs, True),
-    }
-    best = {k: float("inf") for k in ways}
-    for _ in range(repeats):  # interleaved, best of N: the machine is shared
-        for k, (mbs, fn, trim) in ways.items():
-            t0 = time.perf_counter()
-            step(mbs, fn, trim)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    padded = {k: sum(len(mb) * (int(lengths[mb].max()) if trim else ids.shape[1]) for mb in mbs)
-              for k, (mbs, _, trim) in ways.items()}
-    padded["padding_free"] = real_tokens
-    return {k: {"tokens_per_s": round(real_tokens / best[k]), "s": round(best[k], 3), "micro_batches": len(ways[k][0]),
-                "computed_tokens": padded[k]} for k in ways} | {"real_tokens": real_tokens}
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    torch.set_num_threads(1)
-    for max_new in [int(a) for a in sys.argv[1:]] or [48, 256]:
-        print(json.dumps({"max_new_tokens": max_new, **_benchmark(max_new)}))

@@ -1,9 +1,7 @@
-"""The sampler-learner boundary: a ``Rollout`` dataclass, the ``Sampler`` protocol, and the ``hf`` backend.
+"""The ``hf`` sampler backend, and ``make_sampler`` for the one a config names (``sampler.backend``).
 
-A sampler turns prompts into N completions each, returning token ids, text and the per-token
-log-probabilities it sampled with (the learner's importance ratio needs them). After each optimizer
-step the learner pushes weights with ``update_weights``; ``sleep``/``wake`` free accelerator memory
-while the learner steps (meaningful for vLLM, free for ``hf``). Tests swap in a fake sampler.
+A sampler (``rlvr.rollout.Sampler``) turns prompts into N completions each, returning token ids, text
+and the per-token log-probabilities it sampled with (the learner's importance ratio needs them).
 
 The ``hf`` backend is a short KV-cached decode loop over the learner's own transformers model: no
 second copy of the weights, so the sync is exact by construction, and the log-probabilities are
@@ -15,51 +13,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass, field
-from typing import Iterable, Protocol
 
 import torch
 
 from rlvr import model as model_lib
+from rlvr.episodes import turn_end
+from rlvr.rollout import Rollout
 
 SYNC_EVERY = 16  # static path: tokens decoded between host checks that every row has finished
 GQA_DECODE = "rlvr_sdpa_gqa"  # the attention implementation the sampler decodes with (see _gqa_sdpa)
-
-
-@dataclass
-class Rollout:
-    """Completions for a batch of prompts, group by group (prompt i's samples are rows i*n .. i*n+n-1)."""
-
-    prompt_ids: list[list[int]]  # (B,) one per completion
-    completion_ids: list[list[int]]  # (B,) generated tokens, EOS included when generated
-    texts: list[str]  # (B,) decoded completions, special tokens removed
-    logprobs: list[list[float]]  # (B,) sampler log-probability of each completion token
-    truncated: list[bool] = field(default_factory=list)  # (B,) stopped by max_new_tokens, not EOS
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @staticmethod
-    def concat(parts: list["Rollout"]) -> "Rollout":
-        return Rollout(*[sum((getattr(p, f) for p in parts), []) for f in
-                         ("prompt_ids", "completion_ids", "texts", "logprobs", "truncated")])
-
-    def select(self, rows: list[int]) -> "Rollout":
-        return Rollout(*[[getattr(self, f)[i] for i in rows] for f in
-                         ("prompt_ids", "completion_ids", "texts", "logprobs", "truncated")])
-
-
-class Sampler(Protocol):
-    def generate(self, prompts: list[list[int]], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> Rollout:
-        """n completions per prompt (token ids). temperature 0 means greedy."""
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load the learner's new weights (names as in the HF state dict)."""
-
-    def sleep(self) -> None: ...
-
-    def wake(self) -> None: ...
 
 
 class HFSampler:
@@ -67,17 +29,17 @@ class HFSampler:
 
     Two decode paths share the prefill (once per prompt), the sampling and the EOS cut. The dynamic
     one grows a ``DynamicCache`` by a column per token: simple, and fine on CPU, but on a GPU every
-    token is a few hundred small kernel launches from Python. The static one (``static``, or
-    ``compile``) gives each token step fixed shapes: a KV cache preallocated for prompt +
+    token is a few hundred small kernel launches from Python. The static one (``compile``) gives each
+    token step fixed shapes: a KV cache preallocated for prompt +
     ``max_new_tokens``, a full-length attention mask, a full chunk's rows. ``compile`` then compiles
     that step once per shape (CUDA graphs on a GPU, so a token costs one graph replay).
     """
 
-    def __init__(self, model, tokenizer, batch_seqs: int = 256, compile: bool = False, static: bool = False):
+    def __init__(self, model, tokenizer, batch_seqs: int = 256, compile: bool = False):
         self.model, self.tokenizer, self.batch_seqs = model, tokenizer, batch_seqs
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.static, self.compile = static or compile, compile
+        self.compile = compile
         # The prefill needs only the last position's logits: ask for just those where the model allows it.
         takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._last_logits = {"logits_to_keep": 1} if takes_keep else {}
@@ -85,6 +47,8 @@ class HFSampler:
         self._caches: dict[tuple, object] = {}
         self._step = None
         self._attn = GQA_DECODE if _fused_gqa_decode(model) else None
+        # One token's text, cached: what tells a turn's stop markers where to look (rlvr.episodes.Stop).
+        self._piece = functools.lru_cache(maxsize=None)(lambda i: self._decode([i]))
 
     def update_weights(self, named_tensors) -> None:
         # The sampler *is* the learner's module: nothing to copy. Consume the iterator so a caller that
@@ -99,27 +63,42 @@ class HFSampler:
         pass
 
     @torch.no_grad()
-    def generate(self, prompts, n, *, temperature, top_p=1.0, max_new_tokens, seed=0) -> Rollout:
+    def generate(self, prompts, samples_per_prompt, *, temperature, top_p=1.0, max_new_tokens, seed=0) -> Rollout:
+        limits = [max_new_tokens] * len(prompts)
+        return self._sample(prompts, samples_per_prompt, limits, None, temperature, top_p, seed)
+
+    @torch.no_grad()
+    def generate_turn(self, prefixes, *, max_new_tokens, stop=None, temperature, top_p=1.0, seed=0) -> Rollout:
+        """One model turn of each episode (``rlvr.episodes``): a completion of each token prefix, which ends after
+        EOS, after the token where ``stop`` (an ``rlvr.episodes.Stop``) ends a turn, or after its row's
+        ``max_new_tokens[i]`` tokens (``truncated``)."""
+        return self._sample(prefixes, 1, list(max_new_tokens), stop, temperature, top_p, seed)
+
+    def _sample(self, prompts, n, limits, stop, temperature, top_p, seed) -> Rollout:
         gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
         per_chunk = max(1, self.batch_seqs // n)  # whole groups per chunk: a prompt is prefilled once
         learner_attn = self.model.config._attn_implementation
         if self._attn:
             self.model.set_attn_implementation(self._attn)
         try:
-            parts = [self._generate(prompts[i:i + per_chunk], n, temperature, top_p, max_new_tokens, gen, per_chunk)
-                     for i in range(0, len(prompts), per_chunk)]
+            parts = [
+                self._generate(
+                    prompts[i : i + per_chunk], n, temperature, top_p, limits[i : i + per_chunk], stop, gen, per_chunk
+                )
+                for i in range(0, len(prompts), per_chunk)
+            ]
         finally:
             if self._attn:
                 self.model.set_attn_implementation(learner_attn)
         return Rollout.concat(parts)
 
-    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, gen, per_chunk) -> Rollout:
+    def _generate(self, prompts, n, temperature, top_p, limits, stop, gen, per_chunk) -> Rollout:
         model, device = self.model, next(self.model.parameters()).device
         was_training = model.training
         model.eval()
         rows = B = len(prompts) * n
-        P = max(map(len, prompts))
-        if self.static:  # shapes that recur, so one compiled step serves every chunk: a full chunk's rows
+        P, max_new_tokens = max(map(len, prompts)), max(limits)
+        if self.compile:  # shapes that recur, so one compiled step serves every chunk: a full chunk's rows
             # (padding rows after the real ones) and the prompt width rounded up to a power of two
             B, P = per_chunk * n, max(16, 1 << (P - 1).bit_length())
         # Left padding keeps every sequence's next token at the same column.
@@ -129,24 +108,32 @@ class HFSampler:
         # rows copy the last prompt).
         rep = (torch.arange(B, device=device) // n).clamp(max=len(prompts) - 1)
         logits, attn, pos = out.logits[rep, -1, :], attn[rep], pos[rep, -1:]
-        decode = self._static_decode if self.static else self._dynamic_decode
-        step = decode(out.past_key_values, rep, attn, pos, max_new_tokens, temperature, top_p)
+        decode = self._static_decode if self.compile else self._dynamic_decode
+        step = decode(getattr(out, model_lib.CACHE), rep, attn, pos, max_new_tokens, temperature, top_p)
 
         # Everything stays on the model's device; the host waits only for the done.all() check, every
         # token on the dynamic path (each extra step there grows the cache), every SYNC_EVERY on the
         # static one (a sync stops the host from queueing steps ahead of the GPU).
-        every = SYNC_EVERY if self.static else 1
+        every = SYNC_EVERY if self.compile else 1
         tokens = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((B, max_new_tokens), device=device)
-        done = torch.arange(B, device=device) >= rows  # padding rows count as finished from the start
+        limit = torch.zeros(B, dtype=torch.long)  # padding rows: none, so finished from the start
+        limit[:rows] = torch.tensor(limits).repeat_interleave(n)
+        limit = limit.to(device)
+        done = limit == 0
         eos = torch.tensor(sorted(self.eos_ids), device=device)
+
         # Sampling noise is drawn here, from the seeded generator, outside any compiled graph.
-        draw = lambda: None if temperature == 0 else torch.empty_like(logits).exponential_(generator=gen)  # noqa: E731
+        def draw():
+            return None if temperature == 0 else torch.empty_like(logits).exponential_(generator=gen)
+
         tok, lp = _pick(logits, temperature, top_p, draw())
         for t in range(max_new_tokens):
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             tokens[:, t], logps[:, t] = tok, lp
-            done |= torch.isin(tok, eos)
+            done |= torch.isin(tok, eos) | (limit <= t + 1)
+            if (t + 1) % every == 0 and stop is not None:  # a row past its stop need not decode on
+                done |= self._stopped(stop, tokens, done, t + 1 - every, t + 1)
             if t + 1 == max_new_tokens or (t + 1) % every == 0 and done.all():
                 break
             tok, lp = step(tok, draw())
@@ -155,15 +142,26 @@ class HFSampler:
 
         completion_ids, lps, truncated = [], [], []
         for i in range(rows):
-            row = tokens[i].tolist()
-            stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
-            keep = len(row) if stop is None else stop + 1
-            # A row that stopped early is padded afterwards; cut at its EOS.
-            completion_ids.append(row[:keep])
+            # A row that stopped early is padded afterwards: cut where its turn ends (rlvr.episodes.turn_end).
+            keep, cut = turn_end(tokens[i].tolist(), limits[i // n], self.eos_ids, stop, self._decode, self._piece)
+            completion_ids.append(tokens[i, :keep].tolist())
             lps.append(logps[i, :keep].tolist())
-            truncated.append(stop is None)
+            truncated.append(cut)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Rollout([list(p) for p in prompts for _ in range(n)], completion_ids, texts, lps, truncated)
+
+    def _stopped(self, stop, tokens, done, lo: int, hi: int) -> torch.Tensor:
+        """(B,) rows not yet done whose tokens[:, :hi] end a turn by ``stop``, looked for only in rows where a token
+        of lo:hi could complete a marker."""
+        hit, window = torch.zeros_like(done), tokens[:, lo:hi].tolist()
+        for i in (~done).nonzero().flatten().tolist():
+            if stop.could_end(window[i], self._piece):
+                hit[i] = stop.end(tokens[i, :hi].tolist(), self._decode, self._piece) is not None
+        return hit
+
+    def _decode(self, ids: list[int]) -> str:
+        # Special tokens have no text here, as in vLLM's detokenizer: "<|endoftext|>" holds no "<" of a marker.
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _dynamic_decode(self, cache, rep, attn, pos, max_new_tokens, temperature, top_p):
         """The prefill's DynamicCache, a column longer each token -> step(token, noise) -> next token, logprob."""
@@ -174,8 +172,13 @@ class HFSampler:
             nonlocal attn, pos
             # The new column is 1 even for finished rows: their later outputs are cut off anyway.
             attn, pos = torch.cat([attn, ones], 1), pos + 1
-            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
-                             use_cache=True)
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=attn,
+                position_ids=pos,
+                **{model_lib.CACHE: cache},
+                use_cache=True,
+            )
             return _pick(out.logits[:, -1, :], temperature, top_p, noise)
 
         return step
@@ -195,21 +198,21 @@ class HFSampler:
         # The mask spans the whole cache: ones over the completion columns, which the causal mask hides
         # until they are written. Finished rows keep attending; their outputs are cut off anyway.
         attn = torch.cat([attn, attn.new_ones(B, max_new_tokens)], 1)
-        if self.compile and self._step is None:
+        if self._step is None:
             # dynamic=False: one graph per (B, L), never a shape-generic one; reduce-overhead: CUDA graphs.
             # Training, greedy and sampled evals and prompt-length buckets can pass dynamo's default of 8
             # graphs per function, after which the step would run uncompiled (process-wide setting).
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._step = torch.compile(_static_step, dynamic=False,
-                                       mode="reduce-overhead" if attn.device.type == "cuda" else None)
-        fn = self._step if self.compile else _static_step
+            self._step = torch.compile(
+                _static_step, dynamic=False, mode="reduce-overhead" if attn.device.type == "cuda" else None
+            )
 
         def step(tok, noise):
             nonlocal pos
             pos = pos + 1
             # A CUDA graph's outputs live until its next replay; the loop copies them out before that.
             torch.compiler.cudagraph_mark_step_begin()
-            return fn(self.model, cache, tok, attn, pos, noise, temperature, top_p)
+            return self._step(self.model, cache, tok, attn, pos, noise, temperature, top_p)
 
         return step
 
@@ -217,13 +220,15 @@ class HFSampler:
 def _static_step(model, cache, tok, attn, pos, noise, temperature, top_p):
     """One fixed-shape decode step: tok (B,), attn (B, L), pos (B, 1) -> next token (B,), its logprob (B,).
     The cache advances in place (transformers' StaticCache tracks its own write position)."""
-    logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
-                   use_cache=True).logits[:, -1, :]
+    logits = model(
+        input_ids=tok[:, None], attention_mask=attn, position_ids=pos, **{model_lib.CACHE: cache}, use_cache=True
+    ).logits[:, -1, :]
     return _pick(logits, temperature, top_p, noise)
 
 
-def _gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-              position_bias=None, **kwargs):
+def _gqa_sdpa(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, position_bias=None, **kwargs
+):
     """transformers' sdpa attention, except for a decode step of a grouped-query model: query (B, H, 1, D),
     key/value (B, Hkv, L, D), mask (B, 1, 1, L) -> (B, 1, H, D), None.
 
@@ -236,10 +241,21 @@ def _gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     if query.shape[2] != 1 or getattr(module, "num_key_value_groups", 1) == 1 or position_bias is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, position_bias=position_bias, **kwargs)
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            position_bias=position_bias,
+            **kwargs,
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -314,3 +330,13 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("the model has no EOS token (generation_config.eos_token_id or tokenizer.eos_token)")
     return ids
+
+
+def make_sampler(sampler_cfg, model_cfg, model, tokenizer, seed: int = 0):
+    """The sampler ``sampler_cfg.backend`` names: ``hf`` generates with ``model`` itself, ``vllm`` loads its
+    own engine from ``model_cfg.path`` (and is fed the learner's weights after every step)."""
+    if sampler_cfg.backend == "hf":
+        return HFSampler(model, tokenizer, batch_seqs=sampler_cfg.batch_seqs, compile=sampler_cfg.compile)
+    from rlvr.vllm_sampler import VLLMSampler
+
+    return VLLMSampler(model_cfg, sampler_cfg, seed=seed)

@@ -1,7 +1,7 @@
 """Train: ``python -m rlvr.train RECIPE.yaml [--dotted.key=value ...]``, dispatching on the recipe's stage.
 
     python -m rlvr.train recipes/tiny_zero.yaml
-    python -m rlvr.train recipes/tiny_zero.yaml --grpo.lr=1e-5 --output_dir=/tmp/run
+    python -m rlvr.train recipes/tiny_zero.yaml --rl.lr=1e-5 --output_dir=/tmp/run
     python -m rlvr.train recipes/tiny_zero.yaml --resume=auto     # continue from the newest valid checkpoint
 
 Bad input (unknown keys, missing files, impossible batch sizes) ends with one paragraph saying what
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from rlvr.checkpoint import CheckpointError, RunStopped
-from rlvr.config import ConfigError, load_config
+from rlvr.checkpoint import CheckpointError
+from rlvr.config import ConfigError, load_config, parse_cli
 from rlvr.data import DataError
 from rlvr.model import ModelError
+from rlvr.run import RunStopped
 
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, FileNotFoundError, PermissionError, OSError)
 # Every rank reads the same recipe, data and checkpoints, so these say the same thing on every rank:
@@ -25,8 +26,8 @@ SAME_ON_EVERY_RANK = (ConfigError, DataError, ModelError, CheckpointError, RunSt
 
 def run(recipe: str, **overrides):
     cfg = load_config(recipe, overrides)
-    if cfg.stage == "grpo":
-        from rlvr.grpo import train
+    if cfg.stage == "rl":
+        from rlvr.rl import train
     elif cfg.stage == "sft":
         from rlvr.sft import train
     elif cfg.stage == "dpo":
@@ -35,7 +36,7 @@ def run(recipe: str, **overrides):
         from rlvr.reward_model import train
     else:
         raise ConfigError(f"{recipe}: stage {cfg.stage!r} is not available")
-    uses_rm = cfg.stage == "grpo" and any(r.verifier == "reward_model" for r in cfg.rewards)
+    uses_rm = cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards)
     if uses_rm:  # the `reward_model` verifier holds a model, so it is registered here, in this process
         from rlvr import reward_model
 
@@ -47,14 +48,13 @@ def run(recipe: str, **overrides):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import fire
-
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
+    recipes, overrides = parse_cli(argv)
+    if len(recipes) != 1:
         print(__doc__.strip())
         return 2
     try:
-        fire.Fire(run, command=argv, name="rlvr.train", serialize=lambda _: None)
+        run(recipes[0], **overrides)
     except USER_ERRORS as e:
         report(f"error: {e}", e)
         return 1

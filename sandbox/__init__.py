@@ -4,6 +4,7 @@
     v = sandbox.run_tests("def add(a, b):\\n    return a + b", "assert add(2, 3) == 5")
     v.status          # "pass" | "fail" | "timeout"; also v.reason, v.stdout, v.stderr, v.duration_s
     sandbox.run_program("print(int(input()) * 2)", "21\\n").stdout   # "42\\n", compared by the caller
+    sandbox.run_calls("def add(a, b):\\n    return a + b", "add", [[1, 2]]).calls[0].value   # 3, yours to compare
     sandbox.run_batch([{"code": c, "tests": t} for c, t in pairs])   # parallel over every core
 
 Pure standard library, Linux only, no service, no root needed (unprivileged user namespaces do).
@@ -12,9 +13,14 @@ Threat model
 ------------
 Covered (the program is assumed hostile, with full control of its own Python process):
 
-* Host file system: the program sees a new root holding read-only /usr, the Python installation
-  and a few /etc files; /tmp, /dev/shm, /home, /root, /run, /work, /proc of the host and every other
-  path are absent. Its working dir is a private tmpfs (size-capped) that vanishes with the run.
+* Host file system: the program sees a new root holding read-only /usr and the Python installation
+  (bound at its own path, wherever it is: a venv under /tmp, /opt or a home directory, also through
+  symlinks, so ``sys.executable`` can be started; of the directories above it nothing else shows);
+  /tmp, /dev/shm, /home, /root, /run, /work, /proc of the host and every other path are absent. Its
+  working dir /tmp is a private tmpfs (size-capped) that vanishes with the run.
+* Host identity: /etc is written for the jail (``passwd`` and ``group`` list only root, the sandbox
+  user and nobody; ``hosts`` and ``hostname`` name only localhost and "sandbox"; no time zone: UTC);
+  of the host's /etc only the loader's cache and the alternatives links are shown.
 * Network: a fresh network namespace per run with only a down loopback; nothing of the host, the
   internet or other runs can be reached.
 * Environment: empty but for PATH, HOME, TMPDIR and LANG; no host variable (tokens, keys) leaks.
@@ -31,7 +37,10 @@ Covered (the program is assumed hostile, with full control of its own Python pro
   (``sys.exit(0)``, ``os._exit(0)``, ``atexit``), ``SystemExit`` from the function, printed "passed"
   lines, redefined ``AssertionError``, always-equal objects, ``int`` subclasses with a lying
   ``__eq__``, monkeypatched builtins or modules, re-executing under ``python -O``, reading or
-  rewriting "the test file" (there is none) and frame inspection all fail.
+  rewriting "the test file" (there is none) and frame inspection all fail. Objects of the program's
+  own classes may be built inside an assert (``Solution().f(x) == y``): their methods are the
+  program's code, and only the plain value they return is compared. ``run_calls`` ships each call's
+  return value out the same way; its arguments go in as data, never as source.
 
 Not covered:
 
@@ -40,9 +49,12 @@ Not covered:
 * Asserts that cannot be judged outside (both sides computed, e.g. ``assert f(x) == g(y)``) are
   checked inside the sandbox by a hardened harness (plain-data comparisons, pristine builtins); a
   program that reverse-engineers the harness in memory (ctypes, gc, tracing) could forge those.
-* Memory is bounded per process by RLIMIT_AS (no memory cgroup): a run may hold up to
-  ``memory_mb`` times its process limit, plus its tmpfs; CPU is not shared fairly between runs.
-* Reading what is deliberately visible: the Python installation and the public parts of /usr, /etc.
+* Memory: each process is bounded by RLIMIT_AS (``memory_mb``). A memory cgroup per jail bounds a
+  run's processes together (``memory_mb`` + 256 MiB for the zygote, tmpfs pages included) only when
+  the host runs as root with a writable cgroup hierarchy; otherwise a run may hold up to
+  ``memory_mb`` times its process limit, plus its tmpfs. CPU is not shared fairly between runs.
+* Reading what is deliberately visible: the Python installation (with whatever its site-packages
+  hold), /usr, the host's loader cache and alternatives links.
 * ``isolation="none"`` (explicit opt-out) keeps rlimits, the empty environment and the verdict
   checks, but nothing else.
 """
@@ -65,14 +77,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import _plan
-from sandbox._zygote import read_frame, write_frame
+from sandbox._zygote import RUN_MOUNTS, read_frame, write_frame
 
-__all__ = ["Verdict", "run_tests", "run_program", "run_batch", "configure", "SandboxUnavailable",
-           "SandboxError", "Pool"]
+__all__ = [
+    "Verdict",
+    "CallResult",
+    "run_tests",
+    "run_program",
+    "run_calls",
+    "run_batch",
+    "configure",
+    "SandboxUnavailable",
+    "SandboxError",
+    "Pool",
+]
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
-_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
-        "/etc/nsswitch.conf", "/etc/hosts", "/etc/alternatives", "/etc/mime.types", "/etc/os-release")
+# The only host files in the jail's /etc: the loader's cache (libraries under multiarch dirs are found
+# through it) and the alternatives links that /usr/bin tools resolve through. The rest is written by
+# the zygote (_zygote.ETC_FILES) and names no host account, host name or time zone.
+_ETC = ("/etc/ld.so.cache", "/etc/alternatives")
 _FIX = (
     "Linux user namespaces are not available here ({why}). Fix one of: run on a host where "
     "`unshare --user --map-root-user --pid --fork --net --mount true` works (sysctl "
@@ -104,10 +128,23 @@ class Verdict:
     signal: int | None = None
     stdout_truncated: bool = False
     sandbox_error: bool = False  # the sandbox failed, not the program: no verdict on the program
+    calls: list[CallResult] | None = None  # run_calls: one per call, in order
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+
+@dataclass
+class CallResult:
+    """One call of ``run_calls``: the value it returned, rebuilt here as plain data, or why there is none."""
+
+    value: object = None
+    error: str | None = None  # None: it returned ``value``; else it raised, returned no plain data, or never ran
+
+    @property
+    def returned(self) -> bool:
+        return self.error is None
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -119,8 +156,9 @@ _config = {
 }
 
 
-def configure(*, isolation: str | None = None, workers: int | None = None,
-              extra_ro_paths: list[str] | None = None) -> None:
+def configure(
+    *, isolation: str | None = None, workers: int | None = None, extra_ro_paths: list[str] | None = None
+) -> None:
     """Change the default pool's settings (closes it; the next run starts a new one).
 
     ``isolation="none"`` is the explicit opt-out for machines without user namespaces: programs then
@@ -144,6 +182,34 @@ def configure(*, isolation: str | None = None, workers: int | None = None,
 # ----------------------------------------------------------------------------- jails
 
 
+def _inside(path: str, dirs) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in dirs)
+
+
+def _links_on_the_way(path: str, binds: list) -> dict:
+    """The symlinks met resolving ``path`` (outside ``binds``): recreated in the jail, so that the
+    interpreter's own path (``sys.executable``) also resolves there when it goes through, say, a
+    symlinked home directory; only their real targets are bound."""
+    links = {}
+    for _ in range(40):  # the kernel's own bound on symlinks in one lookup
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            comp = "/" + "/".join(parts[:i])
+            if _inside(comp, binds):
+                return links
+            if os.path.islink(comp):
+                links[comp] = os.readlink(comp)
+                path = os.path.normpath(os.path.join(os.path.dirname(comp), links[comp], *parts[i:]))
+                break
+        else:
+            return links
+    return links
+
+
+def _can_stage_in(d: str, placed: list) -> bool:
+    return os.path.isdir(d) and not os.path.islink(d) and not any(_inside(p, [d]) for p in placed)
+
+
 def _jail_config(isolate: bool, extra_ro_paths) -> dict:
     binds, links = ["/usr"], {}
     for p in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -152,19 +218,24 @@ def _jail_config(isolate: bool, extra_ro_paths) -> dict:
         elif os.path.isdir(p):
             binds.append(p)
     exe_prefix = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
-    for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, exe_prefix, *extra_ro_paths):
+    installation = (sys.base_prefix, sys.prefix, sys.exec_prefix, exe_prefix)
+    for p in (*installation, *extra_ro_paths):
         p = os.path.realpath(p)
-        if os.path.exists(p) and not any(p == b or p.startswith(b + "/") for b in binds):
+        if os.path.exists(p) and not _inside(p, binds):
             binds.append(p)
     binds += [p for p in _ETC if os.path.exists(p)]
+    for p in (*installation, sys.executable):
+        links.update(_links_on_the_way(os.path.abspath(p), binds))
     # The new root is built on a tmpfs mounted (in the jail's own mount namespace) over a host directory,
     # which hides what is below it: it must not be above anything we bind, e.g. a virtualenv in /tmp.
-    inside = lambda d: any(b == d or b.startswith(d + "/") for b in binds)  # noqa: E731
-    staging = next((d for d in ("/tmp", "/mnt", "/media", "/srv", "/opt", "/var/tmp", "/run")
-                    if os.path.isdir(d) and not os.path.islink(d) and not inside(d)), None)
+    placed = [*binds, *links]
+    candidates = ("/tmp", "/mnt", "/media", "/srv", "/opt", "/var/tmp", "/run")
+    staging = next((d for d in candidates if _can_stage_in(d, placed)), None)
     if staging is None:
-        raise SandboxUnavailable("no directory to build the jail's root in: /tmp, /mnt, /media, /srv, /opt, "
-                                 "/var/tmp and /run all hold the Python installation or are missing")
+        raise SandboxUnavailable(
+            "no directory to build the jail's root in: /tmp, /mnt, /media, /srv, /opt, "
+            "/var/tmp and /run all hold the Python installation or are missing"
+        )
     return {
         "isolate": isolate,
         "host_pid": os.getpid(),
@@ -174,6 +245,9 @@ def _jail_config(isolate: bool, extra_ro_paths) -> dict:
         "jail_has_sandbox_uid": os.geteuid() == 0,
         "init_path": next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.path.exists(p)), "/usr/bin/sleep"),
         "hide_sys_path": [_ROOT],
+        # Binds and links below the mounts each run gets afresh: made again on every run's tmpfs.
+        "run_binds": [b for b in binds if any(b.startswith(m + "/") for m in RUN_MOUNTS)],
+        "run_links": {k: v for k, v in links.items() if any(k.startswith(m + "/") for m in RUN_MOUNTS)},
     }
 
 
@@ -243,8 +317,13 @@ class _Jail:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", boot, json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env={}, cwd="/",
-            close_fds=True, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env={},
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
         )
         self.rfd, self.wfd = self.proc.stdout.fileno(), self.proc.stdin.fileno()
         self.cgroup = _MemoryCgroup(self.proc.pid) if isolate and os.geteuid() == 0 else None
@@ -330,8 +409,9 @@ class _Jail:
 class Pool:
     """``workers`` pre-warmed jails; ``run`` is thread-safe; ``map`` keeps every jail busy."""
 
-    def __init__(self, workers: int | None = None, *, isolation: str | None = None,
-                 extra_ro_paths: list[str] | None = None):
+    def __init__(
+        self, workers: int | None = None, *, isolation: str | None = None, extra_ro_paths: list[str] | None = None
+    ):
         # Twice the cores: part of a run's wall time is spent waiting in the kernel (namespace
         # teardown), and another jail's run fills it.
         self.workers = workers or _config["workers"] or 2 * (os.cpu_count() or 1)
@@ -407,18 +487,32 @@ _TAIL = 4096
 def _limits(timeout_s: float, memory_mb: int, **extra) -> dict:
     if timeout_s <= 0 or memory_mb <= 0:
         raise ValueError("timeout_s and memory_mb must be positive")
-    job = {"timeout_s": float(timeout_s), "memory_mb": int(memory_mb), "tail": _TAIL,
-           "output_limit": 8 << 20, "max_records": 32 << 20, "max_output": 1 << 20,
-           "fsize_mb": 64, "tmp_mb": 64, "nproc": 64}
+    job = {
+        "timeout_s": float(timeout_s),
+        "memory_mb": int(memory_mb),
+        "tail": _TAIL,
+        "output_limit": 8 << 20,
+        "max_records": 32 << 20,
+        "max_output": 1 << 20,
+        "fsize_mb": 64,
+        "tmp_mb": 64,
+        "nproc": 64,
+    }
     job.update({k: v for k, v in extra.items() if v is not None})
     return job
 
 
 def _base_verdict(reply: dict) -> Verdict:
     exit_ = reply.get("exit") or {}
-    return Verdict(status="fail", reason="", stdout=reply.get("stdout", ""),
-                   stderr=reply.get("stderr", ""), duration_s=float(reply.get("duration", 0.0)),
-                   exit_code=exit_.get("code"), signal=exit_.get("signal"))
+    return Verdict(
+        status="fail",
+        reason="",
+        stdout=reply.get("stdout", ""),
+        stderr=reply.get("stderr", ""),
+        duration_s=float(reply.get("duration", 0.0)),
+        exit_code=exit_.get("code"),
+        signal=exit_.get("signal"),
+    )
 
 
 def _judge_tests(plan: _plan.Plan, reply: dict) -> Verdict:
@@ -427,7 +521,15 @@ def _judge_tests(plan: _plan.Plan, reply: dict) -> Verdict:
     if not reply.get("ready"):
         v.sandbox_error, v.reason = True, "sandbox set-up failed: " + v.stderr[-500:]
         return v
-    ok, v.tests_passed, reason = _plan.judge(plan, reply.get("records", ""))
+    report = _plan.judge(plan, reply.get("records", ""))
+    ok, v.tests_passed, reason = report.ok, report.passed, report.reason
+    if plan.call is not None:
+        v.calls = [
+            CallResult(report.values[i])
+            if done is True and i in report.values
+            else CallResult(error=done if isinstance(done, str) else "did not run to completion")
+            for i, done in enumerate(report.units)
+        ]
     if reply.get("timed_out"):
         v.status, v.reason = "timeout", "wall-clock limit reached"
     elif reply.get("overflow"):
@@ -463,17 +565,31 @@ def _judge_program(reply: dict) -> Verdict:
 
 def _execute(request: dict, pool: Pool | None = None) -> Verdict:
     pool = pool or _pool()
-    limits = _limits(request.get("timeout_s", 10.0), request.get("memory_mb", 2048),
-                     max_output=request.get("max_output_bytes"))
+    limits = _limits(
+        request.get("timeout_s", 10.0), request.get("memory_mb", 2048), max_output=request.get("max_output_bytes")
+    )
     code = request["code"]
     if not isinstance(code, str):
         raise TypeError("code must be a str")
     t0 = time.monotonic()
     try:
-        if "tests" in request:
-            plan = _plan.build(request["tests"], code)
-            job = dict(limits, kind="tests", code=code, units=plan.units,
-                       trusted_names=plan.trusted_names, trusted_modules=plan.trusted_modules)
+        if "tests" in request or "call" in request:
+            plan = (
+                _plan.build(request["tests"], code)
+                if "tests" in request
+                else _plan.calls(request["call"], request["args"])
+            )
+            job = dict(
+                limits,
+                kind="tests",
+                code=code,
+                units=plan.units,
+                call=plan.call,
+                args=plan.args,
+                prelude=request.get("prelude", ""),
+                trusted_names=plan.trusted_names,
+                trusted_modules=plan.trusted_modules,
+            )
             verdict = _judge_tests(plan, pool.run(job))
         else:
             stdin = request.get("stdin", "")
@@ -497,19 +613,50 @@ def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int 
     return _execute({"code": code, "tests": tests, "timeout_s": timeout_s, "memory_mb": memory_mb})
 
 
-def run_program(code: str, stdin: str | bytes = "", *, timeout_s: float = 10.0, memory_mb: int = 2048,
-                max_output_bytes: int = 1 << 20) -> Verdict:
+def run_program(
+    code: str,
+    stdin: str | bytes = "",
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 2048,
+    max_output_bytes: int = 1 << 20,
+) -> Verdict:
     """Run ``code`` as ``__main__`` with ``stdin``; compare ``.stdout`` yourself.
 
     "pass" means it exited with status 0 within the limits (not that its output is right).
     Output beyond ``max_output_bytes`` fails the run.
     """
-    return _execute({"code": code, "stdin": stdin, "timeout_s": timeout_s, "memory_mb": memory_mb,
-                     "max_output_bytes": max_output_bytes})
+    return _execute(
+        {
+            "code": code,
+            "stdin": stdin,
+            "timeout_s": timeout_s,
+            "memory_mb": memory_mb,
+            "max_output_bytes": max_output_bytes,
+        }
+    )
+
+
+def run_calls(
+    code: str, name: str, args: list, *, prelude: str = "", timeout_s: float = 10.0, memory_mb: int = 2048
+) -> Verdict:
+    """Run ``prelude`` then ``code``, then call ``name(*a)`` for every ``a`` in ``args`` (lists of
+    plain data: None, bool, int, float, str, list, tuple, dict, set...; each call gets fresh copies) in
+    one isolated run; ``Solution().name`` when the program defines such a class (LeetCode style). Only
+    what ``code`` defines is called, never a name the prelude brought in.
+
+    ``.calls[i]`` is what call ``i`` returned, shipped out as plain data and rebuilt here (an object
+    the program made up cannot pass for a value), or the reason there is none; compare it yourself.
+    "pass" means every call returned plain data within ``timeout_s`` (the whole run's limit).
+    """
+    return _execute(
+        {"code": code, "prelude": prelude, "call": name, "args": args, "timeout_s": timeout_s, "memory_mb": memory_mb}
+    )
 
 
 def run_batch(requests: list[dict], *, pool: Pool | None = None) -> list[Verdict]:
-    """Many runs, all cores busy. Each request: ``{"code", "tests"}`` or ``{"code", "stdin"}``,
-    optionally ``timeout_s``, ``memory_mb``, ``max_output_bytes``. Verdicts come back in order."""
+    """Many runs, all cores busy. Each request: ``{"code", "tests"}``, ``{"code", "stdin"}`` or
+    ``{"code", "call", "args"}``, optionally ``prelude`` (tests, calls), ``timeout_s``, ``memory_mb``,
+    ``max_output_bytes``. Verdicts come back in order."""
     pool = pool or _pool()
     return pool.map(list(requests), lambda r: _execute(r, pool))

@@ -21,8 +21,25 @@ import traceback
 from sandbox import _values
 
 # Modules whose attributes are restored before the tests run (a program may monkeypatch them).
-_RESTORE = ("builtins", "math", "cmath", "operator", "functools", "itertools", "collections", "re",
-            "string", "heapq", "bisect", "statistics", "json", "copy", "random", "types", "inspect")
+_RESTORE = (
+    "builtins",
+    "math",
+    "cmath",
+    "operator",
+    "functools",
+    "itertools",
+    "collections",
+    "re",
+    "string",
+    "heapq",
+    "bisect",
+    "statistics",
+    "json",
+    "copy",
+    "random",
+    "types",
+    "inspect",
+)
 
 _state: dict = {}
 
@@ -42,9 +59,18 @@ def prepare() -> None:
         builtins=dict(builtins.__dict__),
         modules=mods,
         snapshots={name: (list(m.__dict__), list(m.__dict__.values())) for name, m in mods.items()},
-        write=os.write, exit=os._exit, dumps=json.dumps, compile=compile, exec=exec,
-        BaseException=BaseException, type=type, str=str, len=len, bool=bool,
-        format_exc=traceback.format_exception_only, flush_std=_flush_std,
+        write=os.write,
+        exit=os._exit,
+        dumps=json.dumps,
+        compile=compile,
+        exec=exec,
+        BaseException=BaseException,
+        type=type,
+        str=str,
+        len=len,
+        bool=bool,
+        format_exc=traceback.format_exception_only,
+        flush_std=_flush_std,
     )
 
 
@@ -69,7 +95,7 @@ def _restore_modules() -> None:
         d = m.__dict__
         keys, values = snaps[name]
         if not all(map(is_, map(d.get, keys), values)):  # something was patched: put it back
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 if d.get(k, d) is not v:
                     d[k] = v
         if sys.modules.get(name) is not m:
@@ -98,13 +124,71 @@ class _Reporter:
             data = data[n:]
 
 
+def _helpers(job: dict, namespace: dict, preset: dict, rep: _Reporter) -> dict:
+    """The ``__rlvr_*__`` functions the rewritten tests call (see ``_plan``)."""
+    st = _state
+    plain_cls = (_values.Unsupported,)
+    encode, decode = _values.encode, _values.decode
+
+    def value(site, v):
+        try:
+            rep.emit(ev="val", s=site, v=encode(v))
+        except plain_cls as exc:
+            rep.emit(ev="val", s=site, err=str(exc))
+        except RecursionError:
+            rep.emit(ev="val", s=site, err="value nested too deeply")
+
+    def plain(v):
+        if st["type"](v) in _values._OPAQUE:
+            return v
+        return decode(encode(v))
+
+    def recv(v):
+        try:
+            return plain(v)
+        except plain_cls:  # an object of the program's own class: what its methods return is judged
+            return v
+
+    def eq(a, b):
+        return decode(encode(a)) == decode(encode(b))
+
+    def truth(v):
+        return st["bool"](decode(encode(v)))
+
+    def call(i):
+        # A fresh instance per call when the function is a method of ``Solution`` (LeetCode style).
+        # Only the program's own names: the prelude's ``from operator import *`` has an ``add`` too.
+        name, mine = job["call"], {k: v for k, v in namespace.items() if preset.get(k, preset) is not v}
+        solution = mine.get("Solution")
+        if st["type"](solution) is type and hasattr(solution, name):
+            target = getattr(solution(), name)
+        elif name in mine:
+            target = mine[name]
+        else:
+            raise NameError(f"the program defines no function {name!r}")
+        return target(*decode(job["args"][i]))
+
+    return {
+        "__rlvr_value__": value,
+        "__rlvr_plain__": plain,
+        "__rlvr_eq__": eq,
+        "__rlvr_truth__": truth,
+        "__rlvr_recv__": recv,
+        "__rlvr_call__": call,
+    }
+
+
 def run_tests_child(job: dict, chan_fd: int) -> None:
     """Run the program then the test units; never returns."""
     st = _state
     rep = _Reporter(chan_fd)
     BaseExc, compile_, exec_ = st["BaseException"], st["compile"], st["exec"]
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    preset = {}
     try:
+        if job.get("prelude"):
+            exec_(compile_(job["prelude"], "<prelude>", "exec", dont_inherit=True, optimize=0), namespace)
+        preset = dict(namespace)
         code_obj = compile_(job["code"], "<solution>", "exec", dont_inherit=True, optimize=0)
         exec_(code_obj, namespace)
     except BaseExc as exc:  # SyntaxError, SystemExit, anything: the tests cannot run
@@ -123,29 +207,7 @@ def run_tests_child(job: dict, chan_fd: int) -> None:
     for name in job.get("trusted_modules", ()):
         if name in st["modules"]:
             tests_ns[name] = st["modules"][name]
-    plain_cls = (_values.Unsupported,)
-    encode, decode = _values.encode, _values.decode
-
-    def value(site, v):
-        try:
-            rep.emit(ev="val", s=site, v=encode(v))
-        except plain_cls as exc:
-            rep.emit(ev="val", s=site, err=str(exc))
-        except RecursionError:
-            rep.emit(ev="val", s=site, err="value nested too deeply")
-
-    def plain(v):
-        if st["type"](v) in _values._OPAQUE:
-            return v
-        return decode(encode(v))
-
-    def eq(a, b):
-        return decode(encode(a)) == decode(encode(b))
-
-    def truth(v):
-        return st["bool"](decode(encode(v)))
-
-    tests_ns.update(__rlvr_value__=value, __rlvr_plain__=plain, __rlvr_eq__=eq, __rlvr_truth__=truth)
+    tests_ns.update(_helpers(job, namespace, preset, rep))
     for i, (kind, src) in enumerate(job["units"]):
         rep.emit(ev="begin", u=i)
         try:

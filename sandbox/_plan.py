@@ -13,6 +13,13 @@ others (imports, helper defs, assignments) are setup. Every ``assert`` is rewrit
   (``__rlvr_eq__``), the asserted value must be plain data (``__rlvr_truth__``), and values returned
   by the program's functions are turned into plain data before an operator or a built-in sees them
   (``__rlvr_plain__``).
+* the object an attribute is read from (``f().count``, ``Solution().two_sum``) is made plain data
+  when it has a plain form (``__rlvr_recv__``: a lying ``list`` subclass loses its methods) and kept
+  as it is otherwise: an object of the program's own class only runs the program's code, and what
+  that code returns is judged like any other value.
+
+``calls`` plans the function-call form (``fn(*args)`` per case, args shipped in as data): each call's
+return value comes back as plain data for the caller to compare (``Report.values``).
 """
 
 from __future__ import annotations
@@ -30,8 +37,16 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # Built-ins whose arguments are looked at as objects, not as values: no plain-data conversion.
 _IDENTITY_BUILTINS = frozenset({"isinstance", "issubclass", "type", "callable", "hasattr", "getattr", "id"})
 _CMP = {
-    ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-    ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
 }
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
@@ -40,7 +55,7 @@ _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 class Site:
     """One assert judged in this process: ``check(value)`` -> bool."""
 
-    kind: str  # "cmp" | "truth" | "not" | "absdiff" | "isclose"
+    kind: str  # "cmp" | "truth" | "not" | "absdiff" | "isclose" | "value" (returned to the caller)
     op: str = ""
     expected: object = None
     tol: object = None
@@ -55,6 +70,8 @@ class Plan:
     sites: list  # [Site]
     trusted_names: list  # builtin names the tests call as built-ins
     trusted_modules: list  # module names the tests call functions of
+    call: str | None = None  # the function-call form: the name called ...
+    args: list = field(default_factory=list)  # ... and, per call, its arguments as ``_values.encode`` data
 
     @property
     def n_tests(self) -> int:
@@ -77,7 +94,7 @@ def literal(node: ast.AST):
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ValueError("not a literal")
-        return {literal(k): literal(v) for k, v in zip(node.keys, node.values)}
+        return {literal(k): literal(v) for k, v in zip(node.keys, node.values, strict=True)}
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = literal(node.operand)
         if type(v) not in (int, float, complex):
@@ -146,20 +163,34 @@ class _Rewriter(ast.NodeTransformer):
                 return self._site(kind="cmp", op=op, expected=literal(right)), left
             if _is_literal(left) and not _is_literal(right) and op in _FLIP:
                 return self._site(kind="cmp", op=_FLIP[op], expected=literal(left)), right
-            if (op in ("<", "<=") and _is_literal(right) and isinstance(left, ast.Call)
-                    and isinstance(left.func, ast.Name) and left.func.id == "abs" and "abs" not in self.bound
-                    and len(left.args) == 1 and not left.keywords and isinstance(left.args[0], ast.BinOp)
-                    and isinstance(left.args[0].op, ast.Sub)):
+            if (
+                op in ("<", "<=")
+                and _is_literal(right)
+                and isinstance(left, ast.Call)
+                and isinstance(left.func, ast.Name)
+                and left.func.id == "abs"
+                and "abs" not in self.bound
+                and len(left.args) == 1
+                and not left.keywords
+                and isinstance(left.args[0], ast.BinOp)
+                and isinstance(left.args[0].op, ast.Sub)
+            ):
                 a, b = left.args[0].left, left.args[0].right
                 if _is_literal(b) and not _is_literal(a):
                     return self._site(kind="absdiff", op=op, expected=literal(b), tol=literal(right)), a
                 if _is_literal(a) and not _is_literal(b):
                     return self._site(kind="absdiff", op=op, expected=literal(a), tol=literal(right)), b
             return None
-        if (isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute)
-                and isinstance(test.func.value, ast.Name) and test.func.value.id == "math"
-                and test.func.attr == "isclose" and "math" not in self.bound and len(test.args) == 2
-                and all(_is_literal(k.value) and k.arg in ("rel_tol", "abs_tol") for k in test.keywords)):
+        if (
+            isinstance(test, ast.Call)
+            and isinstance(test.func, ast.Attribute)
+            and isinstance(test.func.value, ast.Name)
+            and test.func.value.id == "math"
+            and test.func.attr == "isclose"
+            and "math" not in self.bound
+            and len(test.args) == 2
+            and all(_is_literal(k.value) and k.arg in ("rel_tol", "abs_tol") for k in test.keywords)
+        ):
             a, b = test.args
             kwargs = {k.arg: literal(k.value) for k in test.keywords}
             if _is_literal(b) and not _is_literal(a):
@@ -178,14 +209,17 @@ class _Rewriter(ast.NodeTransformer):
         if isinstance(func, ast.Name) and func.id in _BUILTIN_NAMES and func.id not in self.bound:
             self.plan.trusted_names.append(func.id)
             return func.id
-        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-                and func.value.id in self.modules):
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in self.modules:
             self.plan.trusted_modules.append(func.value.id)
             return func.value.id + "." + func.attr
         return None
 
-    def _guard(self, node, *, plain: bool):
-        """Rewrite ``node``; ``plain``: its value flows into a trusted consumer (convert it)."""
+    def _guard(self, node, *, plain: bool, receiver: bool = False):
+        """Rewrite ``node``; ``plain``: its value flows into a trusted consumer (convert it);
+        ``receiver``: an attribute is read from it (convert it if it has a plain form)."""
+        if isinstance(node, ast.Attribute):
+            node.value = self._guard(node.value, plain=True, receiver=True)
+            return node
         if isinstance(node, ast.Call):
             trusted = self._trusted_callee(node.func)
             args_plain = trusted is not None and trusted not in _IDENTITY_BUILTINS
@@ -194,7 +228,7 @@ class _Rewriter(ast.NodeTransformer):
             for k in node.keywords:
                 k.value = self._guard(k.value, plain=args_plain)
             if trusted is None and plain:
-                return ast.copy_location(_call("__rlvr_plain__", node), node)
+                return ast.copy_location(_call("__rlvr_recv__" if receiver else "__rlvr_plain__", node), node)
             return node
         if isinstance(node, ast.Compare):
             left = self._guard(node.left, plain=True)
@@ -204,9 +238,23 @@ class _Rewriter(ast.NodeTransformer):
                 return eq if isinstance(node.ops[0], ast.Eq) else ast.UnaryOp(op=ast.Not(), operand=eq)
             node.left, node.comparators = left, comps
             return node
-        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Subscript, ast.Starred,
-                             ast.List, ast.Tuple, ast.Set, ast.Dict, ast.IfExp, ast.JoinedStr,
-                             ast.FormattedValue, ast.Attribute)):
+        if isinstance(
+            node,
+            (
+                ast.BinOp,
+                ast.UnaryOp,
+                ast.BoolOp,
+                ast.Subscript,
+                ast.Starred,
+                ast.List,
+                ast.Tuple,
+                ast.Set,
+                ast.Dict,
+                ast.IfExp,
+                ast.JoinedStr,
+                ast.FormattedValue,
+            ),
+        ):
             for name, value in ast.iter_fields(node):
                 if isinstance(value, ast.expr):
                     setattr(node, name, self._guard(value, plain=True))
@@ -236,8 +284,9 @@ def _bound_names(tree: ast.Module) -> tuple[set, set]:
                     modules.add(name)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bound.add(node.name)
-            bound.update(a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs) \
-                if not isinstance(node, ast.ClassDef) else None
+            bound.update(
+                a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            ) if not isinstance(node, ast.ClassDef) else None
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             bound.add(node.id)
         elif isinstance(node, ast.arg):
@@ -279,8 +328,19 @@ def _build(tests: str, shadowed: frozenset) -> Plan:
     tree = ast.parse(tests)
     bound, modules = _bound_names(tree)
     bound |= shadowed
-    modules |= {"math", "cmath", "re", "string", "collections", "itertools", "functools", "heapq",
-                "operator", "statistics", "json"} - bound
+    modules |= {
+        "math",
+        "cmath",
+        "re",
+        "string",
+        "collections",
+        "itertools",
+        "functools",
+        "heapq",
+        "operator",
+        "statistics",
+        "json",
+    } - bound
     plan = Plan(units=[], sites=[], trusted_names=[], trusted_modules=[])
     rewriter = _Rewriter(plan, bound, modules)
     for stmt in tree.body:
@@ -293,6 +353,27 @@ def _build(tests: str, shadowed: frozenset) -> Plan:
     plan.trusted_names = sorted(set(plan.trusted_names))
     plan.trusted_modules = sorted(set(plan.trusted_modules))
     return plan
+
+
+def calls(name: str, args: list) -> Plan:
+    """The function-call form: one test unit per call ``name(*args[i])``, whose return value comes
+    back (site ``i``, kind "value"). ``args[i]`` is a list of plain data; ValueError if it is not."""
+    encoded = []
+    for i, a in enumerate(args):
+        if type(a) not in (list, tuple):
+            raise ValueError(f"call {i}: the arguments must be a list, not {type(a).__name__}")
+        try:
+            encoded.append(_values.encode(list(a)))
+        except (_values.Unsupported, RecursionError) as exc:
+            raise ValueError(f"call {i}: {exc}") from None
+    return Plan(
+        units=[("test", f"__rlvr_value__({i}, __rlvr_call__({i}))") for i in range(len(args))],
+        sites=[Site(kind="value", unit=i) for i in range(len(args))],
+        trusted_names=[],
+        trusted_modules=[],
+        call=name,
+        args=encoded,
+    )
 
 
 # ----------------------------------------------------------------------------- judging
@@ -324,6 +405,8 @@ def _compare(op: str, a, b) -> bool:
 
 def check_site(site: Site, value) -> bool:
     try:
+        if site.kind == "value":  # it came back as plain data; the caller compares it
+            return True
         if site.kind == "cmp":
             return bool(_compare(site.op, value, site.expected))
         if site.kind == "truth":
@@ -343,61 +426,89 @@ def check_site(site: Site, value) -> bool:
     return False
 
 
-def judge(plan: Plan, records: str) -> tuple[bool, int, str]:
-    """(all passed and completed, number of test units passed, reason) from the channel text."""
-    n_units = len(plan.units)
-    status = [None] * n_units  # None: not finished; True: ok; str: failure reason
+@dataclass
+class Report:
+    """What the result channel says, checked against the plan."""
+
+    ok: bool  # every test unit passed and the run completed
+    passed: int  # test units that passed
+    reason: str
+    units: list  # per unit: True (passed), a failure reason, or None (did not finish)
+    values: dict  # site -> its value (rebuilt here), for "value" sites whose value arrived
+
+
+class _Tampering(Exception):
+    pass
+
+
+def _read(plan: Plan, records: str) -> tuple[list, dict, dict, bool, str | None]:
+    """(per-unit status, per-site counts, "value" site values, done, program error) from the channel."""
+    status: list = [None] * len(plan.units)  # None: not finished; True: ok; str: failure reason
     failed_at: dict[int, str] = {}
     counts: dict[int, int] = {}
-    done = False
-    code_error = None
-    current = None
+    values: dict[int, object] = {}
+    done, code_error, current = False, None, None
     for line in records.splitlines():
         try:
             ev = json.loads(line)
             kind = ev["ev"]
         except (ValueError, TypeError, KeyError, RecursionError):
-            return False, 0, "malformed result record (tampering?)"
+            raise _Tampering("malformed result record (tampering?)") from None
         if kind == "code_error":
             code_error = str(ev.get("err"))[:500]
         elif kind == "begin":
             current = ev.get("u")
-            if not isinstance(current, int) or not 0 <= current < n_units or status[current] is not None:
-                return False, 0, "out-of-order result record (tampering?)"
+            if not isinstance(current, int) or not 0 <= current < len(plan.units) or status[current] is not None:
+                raise _Tampering("out-of-order result record (tampering?)")
         elif kind == "val":
             sid = ev.get("s")
             if current is None or not isinstance(sid, int) or not 0 <= sid < len(plan.sites):
-                return False, 0, "result record for an assert that is not running (tampering?)"
-            site = plan.sites[sid]
+                raise _Tampering("result record for an assert that is not running (tampering?)")
             counts[sid] = counts.get(sid, 0) + 1
-            if "err" in ev:
-                ok, why = False, str(ev["err"])[:300]
-            else:
-                try:
-                    ok, why = check_site(site, _values.decode(ev.get("v"))), "failed"
-                except (ValueError, TypeError, KeyError, RecursionError, OverflowError, AttributeError):
-                    ok, why = False, "malformed value"
+            ok, why = _check_record(plan.sites[sid], ev, sid, values)
             if not ok and not isinstance(failed_at.get(current), str):
                 failed_at[current] = f"assert #{sid + 1}: {why}"
         elif kind == "end":
             u = ev.get("u")
             if u != current:
-                return False, 0, "out-of-order result record (tampering?)"
+                raise _Tampering("out-of-order result record (tampering?)")
             status[u] = failed_at.get(u) or (True if ev.get("ok") is True else str(ev.get("err"))[:500])
             current = None
         elif kind == "done":
             done = current is None
+    return status, counts, values, done, code_error
+
+
+def _check_record(site: Site, ev: dict, sid: int, values: dict) -> tuple[bool, str]:
+    if "err" in ev:
+        return False, str(ev["err"])[:300]
+    try:
+        value = _values.decode(ev.get("v"))
+    except (ValueError, TypeError, KeyError, RecursionError, OverflowError, AttributeError):
+        return False, "malformed value"
+    if site.kind == "value":
+        values[sid] = value
+    return check_site(site, value), "failed"
+
+
+def judge(plan: Plan, records: str) -> Report:
+    """The verdict of the channel text: all passed and completed, units passed, reason, details."""
+    try:
+        status, counts, values, done, code_error = _read(plan, records)
+    except _Tampering as exc:
+        return Report(False, 0, str(exc), [None] * len(plan.units), {})
     for sid, site in enumerate(plan.sites):
         if site.straight and status[site.unit] is True and counts.get(sid, 0) != 1:
             status[site.unit] = f"assert #{sid + 1} did not run exactly once"
-    passed = sum(1 for (kind, _), s in zip(plan.units, status) if kind == "test" and s is True)
+            values.pop(sid, None)
+    passed = sum(1 for (kind, _), s in zip(plan.units, status, strict=True) if kind == "test" and s is True)
     if code_error is not None:
-        return False, 0, f"program failed before the tests: {code_error}"
+        return Report(False, 0, f"program failed before the tests: {code_error}", status, {})
     failures = [(i, s) for i, s in enumerate(status) if s is not True]
     if failures:
         i, s = failures[0]
         what = "did not run to completion" if s is None else s
-        return False, passed, f"test statement {i + 1}: {what}"
+        return Report(False, passed, f"test statement {i + 1}: {what}", status, values)
     if not done:
-        return False, passed, "tests did not run to completion"
-    return True, passed, "all tests passed"
+        return Report(False, passed, "tests did not run to completion", status, values)
+    return Report(True, passed, "all tests passed", status, values)

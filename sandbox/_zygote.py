@@ -7,14 +7,15 @@ Process tree of one jail (``J`` = the jail's namespaces, ``R`` = one run's names
 
 * boot: ``unshare(user, mount, pid, net, ipc, uts)``; the host writes its uid/gid maps (as root:
   jail uid 0 = host root, jail uid 1000 = host ``nobody``; otherwise jail uid 0 = the user).
-* zygote: pid 1 of J; builds a new root on a tmpfs (read-only binds of /usr, the interpreter and
-  a few /etc files; fresh /dev, /proc, /tmp), ``pivot_root``s into it, pre-imports, then serves
+* zygote: pid 1 of J; builds a new root on a tmpfs (read-only binds of /usr and the interpreter;
+  an /etc written here; fresh /dev, /proc, /tmp), ``pivot_root``s into it, pre-imports, then serves
   runs one at a time. After each run it SIGKILLs every other process in J and reaps them, so no
   process outlives a run; the run's mount namespace, and the tmpfs working dir in it, die with it.
 * per run, the zygote makes a fresh pid namespace R, starts I (``clone(CLONE_VM)`` running
   ``pause``: cheap, holds nothing) as its pid 1, then forks H. H's parent is outside R, so in
   there ``os.getppid()`` is 0 and a signal to "the parent" only reaches H's own process group.
-* H: a private mount namespace with the run's /proc and tmpfs /tmp, /dev/shm; then the sandbox
+* H: a private mount namespace with the run's /proc and tmpfs /tmp, /dev/shm (with the binds the
+  jail's root had below them made again: a venv under /tmp stays reachable); then the sandbox
   uid (1000) and fresh user, net, ipc and uts namespaces; no capabilities, no_new_privs; rlimits;
   an empty environment; then ``_harness`` runs the program.
 
@@ -38,10 +39,39 @@ from sandbox import _harness, _linux
 
 _state: dict = {}
 SANDBOX_UID = 1000  # uid of the program inside its user namespace (never 0)
-PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-           "typing", "random", "statistics", "fractions", "decimal", "copy", "operator", "datetime",
-           "hashlib", "json", "cmath", "array", "numbers", "dataclasses", "enum", "textwrap",
-           "unicodedata", "concurrent.futures", "threading", "queue", "struct", "traceback", "io")
+PRELOAD = (
+    "math",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "string",
+    "typing",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "copy",
+    "operator",
+    "datetime",
+    "hashlib",
+    "json",
+    "cmath",
+    "array",
+    "numbers",
+    "dataclasses",
+    "enum",
+    "textwrap",
+    "unicodedata",
+    "concurrent.futures",
+    "threading",
+    "queue",
+    "struct",
+    "traceback",
+    "io",
+)
 
 
 # ----------------------------------------------------------------------------- framing
@@ -51,7 +81,7 @@ def write_frame(fd: int, obj) -> None:
     data = json.dumps(obj, separators=(",", ":")).encode()
     data = struct.pack(">I", len(data)) + data
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -80,12 +110,46 @@ def _mkdirs(path: str, mode: int = 0o755) -> None:
     os.makedirs(path, mode=mode, exist_ok=True)
 
 
+RUN_MOUNTS = ("/tmp", "/dev/shm")  # fresh tmpfs per run (``_run_tmpfs``)
+RUN_STAGE = "/.rlvr-run-stage"  # empty dir of the jail root where a run's tmpfs is filled before it moves
+ETC_FILES = {
+    "passwd": f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/tmp:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+    "hostname": "sandbox\n",
+    "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+}
+
+
+def _setup_dev_proc(new: str) -> None:
+    """/dev: a few device nodes bound from the host, nothing else; /proc of the jail."""
+    L = _linux
+    _mkdirs(new + "/dev")
+    L.mount("tmpfs", new + "/dev", "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "size=64k,mode=0755")
+    for node in ("null", "zero", "full", "random", "urandom"):
+        open(new + "/dev/" + node, "a").close()
+        L.bind("/dev/" + node, new + "/dev/" + node, readonly=False)
+    for name, dest in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(dest, new + "/dev/" + name)
+    _mkdirs(new + "/dev/shm", 0o1777)
+    os.chmod(new + "/dev/shm", 0o1777)
+    _mkdirs(new + "/proc")
+    L.mount("proc", new + "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+
+
 def _setup_root(cfg: dict) -> None:
     """New root on a tmpfs with only what a Python program needs; the host's / goes away."""
     L = _linux
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     new = cfg["staging"]
     L.mount("tmpfs", new, "tmpfs", L.MS_NOSUID | L.MS_NODEV, "size=4m,mode=0755")
+    _setup_dev_proc(new)  # first, so that an installation under /dev/shm is bound on top of it
     for path in cfg["ro_binds"]:
         target = new + path
         if os.path.isdir(path):
@@ -98,28 +162,13 @@ def _setup_root(cfg: dict) -> None:
         _mkdirs(os.path.dirname(new + link))
         os.symlink(dest, new + link)
     _mkdirs(new + "/etc")
-    with open(new + "/etc/passwd", "w") as f:
-        f.write(f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/tmp:/bin/sh\n"
-                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
-    with open(new + "/etc/group", "w") as f:
-        f.write(f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n")
-    with open(new + "/etc/hostname", "w") as f:
-        f.write("sandbox\n")
-    # /dev: a few device nodes bound from the host, nothing else.
-    _mkdirs(new + "/dev")
-    L.mount("tmpfs", new + "/dev", "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "size=64k,mode=0755")
-    for node in ("null", "zero", "full", "random", "urandom"):
-        open(new + "/dev/" + node, "a").close()
-        L.bind("/dev/" + node, new + "/dev/" + node, readonly=False)
-    for name, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(dest, new + "/dev/" + name)
-    _mkdirs(new + "/dev/shm", 0o1777)
-    _mkdirs(new + "/proc")
-    L.mount("proc", new + "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+    for name, text in ETC_FILES.items():  # written, never bound: no account or name of the host
+        with open(new + "/etc/" + name, "w") as f:
+            f.write(text)
     _mkdirs(new + "/tmp", 0o1777)
     os.chmod(new + "/tmp", 0o1777)
-    os.chmod(new + "/dev/shm", 0o1777)
+    if cfg["run_binds"] or cfg["run_links"]:
+        _mkdirs(new + RUN_STAGE, 0o700)
     _mkdirs(new + "/.old")
     os.chdir(new)
     L.pivot_root(".", ".old")
@@ -132,9 +181,38 @@ def _setup_root(cfg: dict) -> None:
     L.sethostname("sandbox")
 
 
+def _run_tmpfs(target: str, flags: int, options: str, cfg: dict) -> None:
+    """A fresh tmpfs on ``target`` for one run, still showing the read-only binds and the symlinks of
+    the jail's root below it (``run_binds``, ``run_links``).
+
+    Mounted straight on ``target`` it would hide them, and a Python installation under /tmp must stay
+    reachable (the program may start ``sys.executable``). So it is filled on ``RUN_STAGE`` while the
+    binds are still visible, then moved into place.
+    """
+    L = _linux
+    binds = [p for p in cfg["run_binds"] if p.startswith(target + "/")]
+    links = {k: v for k, v in cfg["run_links"].items() if k.startswith(target + "/")}
+    where = RUN_STAGE if binds or links else target
+    L.mount("tmpfs", where, "tmpfs", flags, options)
+    for path in binds:
+        dest = where + path[len(target) :]
+        if os.path.isdir(path):
+            _mkdirs(dest)
+        else:
+            _mkdirs(os.path.dirname(dest))
+            open(dest, "a").close()
+        L.bind(path, dest, readonly=True)
+    for link, dest in links.items():
+        _mkdirs(os.path.dirname(where + link[len(target) :]))
+        os.symlink(dest, where + link[len(target) :])
+    if where != target:
+        L.mount(where, target, None, L.MS_MOVE)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     rfd, wfd = 0, 1
+    os.umask(0o022)  # the dirs made for the jail's root must be traversable by the sandbox uid
     # No parent-death signal here: it fires when the host *thread* that started us exits. The jail
     # ends instead when the host's end of the pipe closes (the host exited or closed the pool).
     if cfg["isolate"]:
@@ -214,7 +292,7 @@ def _children_of(ppid: int) -> list[int]:
             try:
                 with open(f"/proc/{entry}/stat", "rb") as f:
                     stat = f.read()
-                if int(stat[stat.rindex(b")") + 2:].split()[1]) == ppid:
+                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == ppid:
                     kids.append(int(entry))
             except (OSError, ValueError):
                 pass
@@ -254,76 +332,38 @@ class _Capture:
         self.kept += len(data)
         if self.kept > 2 * self.keep:
             joined = b"".join(self.chunks)
-            joined = joined[-self.keep:] if self.tail else joined[: self.keep]
+            joined = joined[-self.keep :] if self.tail else joined[: self.keep]
             self.chunks, self.kept = [joined], len(joined)
 
     def value(self) -> bytes:
         joined = b"".join(self.chunks)
-        return joined[-self.keep:] if self.tail else joined[: self.keep]
+        return joined[-self.keep :] if self.tail else joined[: self.keep]
 
 
-def _run(job: dict, cfg: dict) -> dict:
-    t0 = time.monotonic()
-    chan_r, chan_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    info_r, info_w = os.pipe()
-    stdin_fd = None
-    if job.get("stdin") is not None:
-        stdin_fd = os.memfd_create("stdin")
-        data = job["stdin"].encode("utf-8", "surrogateescape")
-        while data:
-            data = data[os.write(stdin_fd, data):]
-        os.lseek(stdin_fd, 0, os.SEEK_SET)
-    workdir = None
-    if not cfg["isolate"]:
-        import tempfile
+def _stdin_fd(job: dict) -> int | None:
+    if job.get("stdin") is None:
+        return None
+    fd = os.memfd_create("stdin")
+    data = job["stdin"].encode("utf-8", "surrogateescape")
+    while data:
+        data = data[os.write(fd, data) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
-        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
-    if cfg["isolate"]:
-        # A fresh pid namespace for this run: its pid 1 is a do-nothing process, so the program
-        # (pid 2, parent outside the namespace) gets ordinary signal semantics.
-        _linux.setns(_state["pidns_fd"], _linux.CLONE_NEWPID)
-        _linux.unshare(_linux.CLONE_NEWPID)
-        _linux.spawn_idle_init()
-    t_init = time.monotonic()
-    h = os.fork()
-    if h == 0:
-        try:
-            os.close(chan_r), os.close(out_r), os.close(err_r), os.close(info_r)
-            _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir)
-        except BaseException as exc:
-            os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
-        finally:
-            os._exit(71)
-    t_fork = time.monotonic()
-    t_ready = None
-    pidfd = os.pidfd_open(h)
-    for fd in (chan_w, out_w, err_w, info_w) + ((stdin_fd,) if stdin_fd is not None else ()):
-        os.close(fd)
-    program = job["kind"] == "program"
-    out_keep = job["max_output"] if program else job["tail"]
-    caps = {
-        out_r: _Capture(out_r, out_keep, tail=not program),
-        err_r: _Capture(err_r, job["tail"], tail=True),
-        chan_r: _Capture(chan_r, job["max_records"] + 1, tail=False),
-        info_r: _Capture(info_r, 4096, tail=False),
-    }
-    limits = {out_r: job["max_output"] if program else job["output_limit"], err_r: job["output_limit"],
-              chan_r: job["max_records"]}
-    for fd in caps:
-        os.set_blocking(fd, False)
-    deadline = t0 + job["timeout_s"]
+
+def _watch(deadline: float, pidfd: int, caps: dict, limits: dict, info_r: int):
+    """Drain the run's pipes until it exits, its time is up or an output overflows.
+
+    (timed_out, the name of the overflowing output or None, exited, when it said "ready" or None)."""
+    names = dict(zip(limits, ("stdout", "stderr", "result records"), strict=True))
     poller = select.poll()
-    for fd in caps:
+    for fd in (*caps, pidfd):
         poller.register(fd, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    timed_out, overflow, exited = False, None, False
+    overflow, t_ready, exited = None, None, False
     while not exited:
         left = deadline - time.monotonic()
         if left <= 0:
-            timed_out = True
-            break
+            return True, None, False, t_ready
         for fd, _ in poller.poll(min(left, 1.0) * 1000):
             if fd == pidfd:
                 exited = True
@@ -333,22 +373,16 @@ def _run(job: dict, cfg: dict) -> dict:
             elif not caps[fd].read():
                 poller.unregister(fd)
             elif fd in limits and caps[fd].total > limits[fd]:
-                overflow = {out_r: "stdout", err_r: "stderr", chan_r: "result records"}[fd]
+                overflow = names[fd]
         if overflow:
             break
-    duration = time.monotonic() - t0
-    exit_status = None
-    if exited:
-        _, exit_status = os.waitpid(h, 0)
-    _kill_everything(cfg, [h])
-    os.close(pidfd)
-    if workdir is not None:
-        import shutil
+    return False, overflow, exited, t_ready
 
-        shutil.rmtree(workdir, ignore_errors=True)
-    t_reaped = time.monotonic()
-    for fd in caps:  # every writer is dead now (isolated mode): drain to EOF
-        os.set_blocking(fd, cfg["isolate"])
+
+def _drain(caps: dict, limits: dict, blocking: bool) -> None:
+    """Read what is left in the pipes (every writer is dead in isolated mode: to EOF) and close them."""
+    for fd in caps:
+        os.set_blocking(fd, blocking)
         while caps[fd].total <= limits.get(fd, 1 << 20) + (1 << 16):
             try:
                 data = os.read(fd, 1 << 16)
@@ -358,16 +392,80 @@ def _run(job: dict, cfg: dict) -> dict:
                 break
             caps[fd].feed(data)
         os.close(fd)
-    ready = caps[info_r].value() == b"ready"
-    if exit_status is not None:
-        if os.WIFEXITED(exit_status):
-            exit_desc = {"code": os.WEXITSTATUS(exit_status)}
-        else:
-            exit_desc = {"signal": os.WTERMSIG(exit_status)}
+
+
+def _fork_program(job: dict, cfg: dict, child_fds: tuple, parent_fds: tuple, workdir) -> int:
+    """Fork H, which sets itself up and runs the program (never returns there); H's pid."""
+    h = os.fork()
+    if h == 0:
+        err_w = child_fds[2]
+        try:
+            for fd in parent_fds:
+                os.close(fd)
+            _untrusted(job, cfg, *child_fds, workdir)
+        except BaseException as exc:
+            os.write(err_w, f"sandbox setup error: {exc!r}\n".encode())
+        finally:
+            os._exit(71)
+    return h
+
+
+def _run(job: dict, cfg: dict) -> dict:
+    t0 = time.monotonic()
+    (chan_r, chan_w), (out_r, out_w), (err_r, err_w), (info_r, info_w) = (os.pipe() for _ in range(4))
+    stdin_fd = _stdin_fd(job)
+    workdir = None
+    if cfg["isolate"]:
+        # A fresh pid namespace for this run: its pid 1 is a do-nothing process, so the program
+        # (pid 2, parent outside the namespace) gets ordinary signal semantics.
+        _linux.setns(_state["pidns_fd"], _linux.CLONE_NEWPID)
+        _linux.unshare(_linux.CLONE_NEWPID)
+        _linux.spawn_idle_init()
     else:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
+    t_init = time.monotonic()
+    child_fds = (chan_w, out_w, err_w, info_w, stdin_fd)
+    h = _fork_program(job, cfg, child_fds, (chan_r, out_r, err_r, info_r), workdir)
+    t_fork = time.monotonic()
+    pidfd = os.pidfd_open(h)
+    for fd in child_fds:
+        if fd is not None:
+            os.close(fd)
+    program = job["kind"] == "program"
+    caps = {
+        out_r: _Capture(out_r, job["max_output"] if program else job["tail"], tail=not program),
+        err_r: _Capture(err_r, job["tail"], tail=True),
+        chan_r: _Capture(chan_r, job["max_records"] + 1, tail=False),
+        info_r: _Capture(info_r, 4096, tail=False),
+    }
+    limits = {  # in this order: stdout, stderr, result records (_watch names them so)
+        out_r: job["max_output"] if program else job["output_limit"],
+        err_r: job["output_limit"],
+        chan_r: job["max_records"],
+    }
+    for fd in caps:
+        os.set_blocking(fd, False)
+    timed_out, overflow, exited, t_ready = _watch(t0 + job["timeout_s"], pidfd, caps, limits, info_r)
+    duration = time.monotonic() - t0
+    exit_status = os.waitpid(h, 0)[1] if exited else None
+    _kill_everything(cfg, [h])
+    os.close(pidfd)
+    if workdir is not None:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    t_reaped = time.monotonic()
+    _drain(caps, limits, cfg["isolate"])
+    if exit_status is None:
         exit_desc = None
+    elif os.WIFEXITED(exit_status):
+        exit_desc = {"code": os.WEXITSTATUS(exit_status)}
+    else:
+        exit_desc = {"signal": os.WTERMSIG(exit_status)}
     return {
-        "ready": ready,
+        "ready": caps[info_r].value() == b"ready",
         "exit": exit_desc,
         "timed_out": timed_out,
         "overflow": overflow,
@@ -389,10 +487,8 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir=None) -
         # the program can never unmount anything in it) with this run's /proc, /tmp and /dev/shm.
         L.unshare(L.CLONE_NEWNS)
         L.mount("proc", "/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
-        L.mount("tmpfs", "/tmp", "tmpfs", L.MS_NOSUID | L.MS_NODEV,
-                f"size={job['tmp_mb']}m,nr_inodes=4096,mode=1777")
-        L.mount("tmpfs", "/dev/shm", "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
-                "size=16m,nr_inodes=1024,mode=1777")
+        _run_tmpfs("/tmp", L.MS_NOSUID | L.MS_NODEV, f"size={job['tmp_mb']}m,nr_inodes=4096,mode=1777", cfg)
+        _run_tmpfs("/dev/shm", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "size=16m,nr_inodes=1024,mode=1777", cfg)
         workdir = "/tmp"
         with open("/proc/self/oom_score_adj", "w") as f:  # the run, never the zygote, is OOM's pick
             f.write("1000")
@@ -428,8 +524,9 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir=None) -
     if stdin_fd is None:
         stdin_fd = os.open("/dev/null", os.O_RDONLY)
     # Move every descriptor out of the way first, so that no dup2 below clobbers another one.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 200 + i)
-            for i, fd in enumerate((stdin_fd, out_w, err_w, chan_w, info_w))]
+    high = [
+        fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 200 + i) for i, fd in enumerate((stdin_fd, out_w, err_w, chan_w, info_w))
+    ]
     os.dup2(high[0], 0)
     os.dup2(high[1], 1)
     os.dup2(high[2], 2)
@@ -438,10 +535,9 @@ def _untrusted(job, cfg, chan_w, out_w, err_w, info_w, stdin_fd, workdir=None) -
     os.closerange(4, 1 << 16)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8")
-    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, encoding="utf-8", errors="surrogateescape")
+    sys.stdin = sys.__stdin__ = open(0, closefd=False, encoding="utf-8", errors="surrogateescape")
     sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
-    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace",
-                                       buffering=1)
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace", buffering=1)
     sys.argv = ["solution.py"]
     sys.path[:] = [p for p in sys.path if p not in cfg["hide_sys_path"]]
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -12,28 +12,48 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conftest import REPO
 
-from rlvr.train import run  # noqa: E402
+from rlvr.train import run
 
 DATA = REPO / "rlvr" / "tiny" / "data"
 # 3 steps of 3 rows (pairs) in micro-batches of 1: rank 0 of 2 holds 2 rows, rank 1 holds 1 and runs a
 # zero-weight filler micro-batch; a checkpoint at step 2 is written by both ranks.
 COMMON = {"checkpoint_every": 2, "cpu_threads": 1}
 RUNS = {
-    "sft": ("tiny_sft.yaml", {"data.train": str(DATA / "sft_test.jsonl"), "data.test": str(DATA / "sft_test.jsonl"),
-                              "sft.steps": 3, "sft.seqs_per_step": 3, "sft.micro_batch_seqs": 1, "sft.eval_examples": 2,
-                              "sft.eval_max_new_tokens": 4}),
-    "dpo": ("tiny_dpo.yaml", {"data.train": str(DATA / "prefs_test.jsonl"), "data.test": str(DATA / "prefs_test.jsonl"),
-                              "dpo.steps": 3, "dpo.pairs_per_step": 3, "dpo.micro_batch_pairs": 1, "dpo.eval_pairs": 2}),
+    "sft": (
+        "tiny_sft.yaml",
+        {
+            "data.train": str(DATA / "sft_test.jsonl"),
+            "data.test": str(DATA / "sft_test.jsonl"),
+            "sft.steps": 3,
+            "sft.seqs_per_step": 3,
+            "sft.micro_batch_seqs": 1,
+            "sft.eval_examples": 2,
+            "sft.eval_max_new_tokens": 4,
+        },
+    ),
+    "dpo": (
+        "tiny_dpo.yaml",
+        {
+            "data.train": str(DATA / "prefs_test.jsonl"),
+            "data.test": str(DATA / "prefs_test.jsonl"),
+            "dpo.steps": 3,
+            "dpo.pairs_per_step": 3,
+            "dpo.micro_batch_pairs": 1,
+            "dpo.eval_pairs": 2,
+        },
+    ),
 }
 
 
 def train(stage: str, zero: int, out: Path) -> dict:
     recipe, over = RUNS[stage]
-    return run(str(REPO / "recipes" / recipe), output_dir=str(Path(out) / f"{stage}_zero{zero}"),
-               **{**COMMON, **over, "deepspeed.zero_stage": zero})
+    return run(
+        str(REPO / "recipes" / recipe),
+        output_dir=str(Path(out) / f"{stage}_zero{zero}"),
+        **{**COMMON, **over, "deepspeed.zero_stage": zero},
+    )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from rlvr import algos, checkpoint, dist, model as model_lib  # noqa: E402
-from rlvr.config import DeepSpeedConfig, ModelConfig  # noqa: E402
-from rlvr.learner import Learner  # noqa: E402
+from rlvr import algos, checkpoint, dist, model as model_lib
+from rlvr.config import DeepSpeedConfig, ModelConfig
+from rlvr.learner import Learner
 
 # 7 sequences on 2 ranks: 4 and 3, so 2 and 1 micro-batches of 3; the rank with fewer runs a zero-weight one
 SEQS, MICRO, STEPS = 7, 3, 4
@@ -37,8 +35,13 @@ HEAD_CHUNK_TOKENS = 4
 def fixed_data(step: int):
     """The optimizer batch of `step`, identical on every rank: ids, attention, mask, old log-probs, advantages."""
     g = torch.Generator().manual_seed(1234 + step)
-    prompts = [torch.randint(1, 384, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(SEQS)]
-    comps = [torch.randint(1, 384, (int(torch.randint(2, 13, (1,), generator=g)),), generator=g).tolist() for _ in range(SEQS)]
+    prompts = [
+        torch.randint(1, 384, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(SEQS)
+    ]
+    comps = [
+        torch.randint(1, 384, (int(torch.randint(2, 13, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(SEQS)
+    ]
     ids, attn, mask = model_lib.pad_batch(prompts, comps, pad_id=0)
     old = -6.0 + 0.5 * torch.randn(SEQS, ids.shape[1] - 1, generator=g)
     adv = torch.randn(SEQS, generator=g)
@@ -47,14 +50,15 @@ def fixed_data(step: int):
     return ids, attn, mask, old, adv
 
 
-def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float]:
-    """One optimizer step on `step`'s batch, this rank's rows of it -> (global loss, grad norm)."""
+def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float, float]:
+    """One optimizer step on `step`'s batch, this rank's rows of it -> (global loss, grad norm, the loss's
+    size: its per-token terms summed in absolute value, which the signed loss cancels)."""
     ids, attn, mask, old, adv = fixed_data(step)
     rows = dist.shard(range(SEQS))  # rank-strided: this rank's sequences of the global batch
     denom = dist.global_sum(algos.loss_denominator(mask[rows, 1:], agg))
-    local = 0.0
+    local = size = 0.0
     for i in range(int(dist.global_max(math.ceil(len(rows) / MICRO)))):  # ZeRO: as many backwards on every rank
-        mb, weight = rows[i * MICRO:(i + 1) * MICRO], 1.0
+        mb, weight = rows[i * MICRO : (i + 1) * MICRO], 1.0
         if not mb:
             mb, weight = rows[:MICRO], 0.0
         logp, m = learner.forward(model_lib.completion_logprobs, ids[mb], attn[mb], mask[mb])
@@ -62,28 +66,40 @@ def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float]:
         loss = algos.masked_sum(pg, m, agg, 12) / denom * weight
         learner.backward(loss)
         local += float(loss.detach())
-    loss, norm = dist.global_sum(local), learner.step()
+        size += float(algos.masked_sum(pg.detach().abs(), m, agg, 12) / denom * weight)
+    loss, norm, size = dist.global_sum(local), learner.step(), dist.global_sum(size)
     learner.scheduler.step()
-    return loss, norm
+    return loss, norm, size
 
 
 def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_mean") -> dict:
     def make(path):
         model, tok = model_lib.load(ModelConfig(path=str(path)))
-        return Learner(model, DeepSpeedConfig(zero_stage=stage, config=extra or {}), lr=5e-4, max_grad_norm=1.0,
-                       lr_lambda=lambda s: 1.0 / (1 + s)), tok
+        return Learner(
+            model,
+            DeepSpeedConfig(zero_stage=stage, config=extra or {}),
+            lr=5e-4,
+            max_grad_norm=1.0,
+            lr_lambda=lambda s: 1.0 / (1 + s),
+        ), tok
 
     torch.manual_seed(0)
     learner, tok = make(REPO / "rlvr" / "tiny" / "model")
-    losses, norms = map(list, zip(*(one_step(learner, step, agg) for step in range(STEPS))))
+    losses, norms, sizes = map(list, zip(*(one_step(learner, step, agg) for step in range(STEPS))))
     checkpoint.save_model(learner, tok, out / f"hf_stage{stage}")
     # Resume: a new learner from the HF checkpoint and the saved optimizer/scheduler state takes the next
     # step exactly as the learner that wrote them does.
     learner.save_state(out / f"state_stage{stage}")
     resumed, _ = make(out / f"hf_stage{stage}")
     resumed.load_state(out / f"state_stage{stage}")
-    result = {"losses": losses, "grad_norms": norms, "world_size": dist.world_size(),
-              "continued": one_step(learner, STEPS, agg), "resumed": one_step(resumed, STEPS, agg)}
+    result = {
+        "losses": losses,
+        "grad_norms": norms,
+        "loss_sizes": sizes,
+        "world_size": dist.world_size(),
+        "continued": one_step(learner, STEPS, agg),
+        "resumed": one_step(resumed, STEPS, agg),
+    }
     if dist.is_main():
         (out / f"stage{stage}.json").write_text(json.dumps(result))
     return result

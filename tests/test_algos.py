@@ -41,7 +41,8 @@ def test_clipped_surrogate_hand_computed():
 
 def test_clip_higher_is_asymmetric():
     # ratio 0.7 with A=-1: clamp to 0.8 -> min(-0.7, -0.8) = -0.8 -> loss 0.8 (clipped from below at 1-0.2)
-    loss, clipped = algos.clipped_surrogate(torch.log(torch.tensor([[0.7]])), torch.zeros(1, 1), torch.tensor([-1.0]), 0.2, 0.28)
+    logp = torch.log(torch.tensor([[0.7]]))
+    loss, clipped = algos.clipped_surrogate(logp, torch.zeros(1, 1), torch.tensor([-1.0]), 0.2, 0.28)
     assert loss.item() == pytest.approx(0.8) and clipped.item() == 1.0
 
 
@@ -76,21 +77,26 @@ def test_loss_aggregation_modes_hand_computed():
     # seq 1: tokens 1, 2, 3 (3 valid) ; seq 2: token 4 then padding
     per_tok = torch.tensor([[1.0, 2, 3], [4, 100, 100]])
     mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+
+    def loss(mode):
+        return (algos.masked_sum(per_tok, mask, mode, max_len=5) / algos.loss_denominator(mask, mode)).item()
+
     # token_mean: (1+2+3+4)/4 = 2.5
-    assert algos.aggregate(per_tok, mask, "token_mean").item() == pytest.approx(2.5)
+    assert loss("token_mean") == pytest.approx(2.5)
     # seq_mean_token_mean: (6/3 + 4/1) / 2 = 3
-    assert algos.aggregate(per_tok, mask, "seq_mean_token_mean").item() == pytest.approx(3.0)
+    assert loss("seq_mean_token_mean") == pytest.approx(3.0)
     # Dr. GRPO: (6 + 4) / max_len 5 / 2 seqs = 1
-    assert algos.aggregate(per_tok, mask, "seq_mean_token_sum_norm", max_len=5).item() == pytest.approx(1.0)
+    assert loss("seq_mean_token_sum_norm") == pytest.approx(1.0)
+    assert set(algos.LOSS_AGGREGATIONS) == {"token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"}
 
 
 def test_micro_batches_add_up_to_the_full_batch_loss():
     torch.manual_seed(0)
     per_tok, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
-        whole = algos.aggregate(per_tok, mask, mode, max_len=5)
         denom = algos.loss_denominator(mask, mode)
-        parts = sum(algos.masked_sum(per_tok[i:i + 2], mask[i:i + 2], mode, 5) / denom for i in range(0, 6, 2))
+        whole = algos.masked_sum(per_tok, mask, mode, 5) / denom
+        parts = sum(algos.masked_sum(per_tok[i : i + 2], mask[i : i + 2], mode, 5) / denom for i in range(0, 6, 2))
         assert torch.allclose(whole, parts)
 
 
@@ -128,7 +134,9 @@ def test_token_logprobs_entropy_matches_the_two_and_its_backward_is_exact():
         assert algos.token_logprobs_entropy(logits, tokens, T, with_entropy=False)[1] is None
         # the hand-written backward against finite differences: logp, entropy, and both together
         for pick in (lambda o: o[0], lambda o: o[1], lambda o: o[0] + 2 * o[1]):
-            assert torch.autograd.gradcheck(lambda x: pick(algos.token_logprobs_entropy(x, tokens, T)), (logits,))
+            assert torch.autograd.gradcheck(
+                lambda x, pick=pick, T=T: pick(algos.token_logprobs_entropy(x, tokens, T)), (logits,)
+            )
     bf16 = logits.detach().bfloat16().requires_grad_()
     lp, ent = algos.token_logprobs_entropy(bf16, tokens)
     (lp.sum() + ent.sum()).backward()
@@ -137,12 +145,14 @@ def test_token_logprobs_entropy_matches_the_two_and_its_backward_is_exact():
 
 def test_dpo_and_bradley_terry_hand_computed():
     # margin = (-1 - -2) - (-3 - -2) = 1 - (-1) = 2 ; beta .5 -> -log sigmoid(1) = .3132617
-    loss, cr, rr = algos.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                                  torch.tensor([-2.0]), beta=0.5)
+    loss, cr, rr = algos.dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5
+    )
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
     assert cr.item() == pytest.approx(0.5) and rr.item() == pytest.approx(-0.5)
     # ipo: (2 - 1/(2*.5))^2 = 1
-    loss, _, _ = algos.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                                torch.tensor([-2.0]), beta=0.5, kind="ipo")
+    loss, _, _ = algos.dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5, kind="ipo"
+    )
     assert loss.item() == pytest.approx(1.0)
     assert algos.bradley_terry_loss(torch.tensor([2.0]), torch.tensor([2.0])).item() == pytest.approx(math.log(2))

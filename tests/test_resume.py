@@ -19,27 +19,44 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_DATA, TINY_MODEL
 
-from rlvr import checkpoint as ckpt
-from rlvr import train as train_cli
+from rlvr import checkpoint as ckpt, train as train_cli
 from rlvr.config import load_config
-from rlvr.grpo import train
-from tests.conftest import REPO, TINY_DATA, TINY_MODEL
+from rlvr.rl import train
+from rlvr.run import prepare_resume
 
 RECIPE = REPO / "recipes" / "tiny_zero.yaml"
 # 4 steps of 2 prompts x 4 samples: about 1 s a step on one thread; most of a run is start-up. 48 new
 # tokens let the tiny model finish answers, so rewards differ within groups and every step really trains
 # (at 16 all rewards are 0, the weights never move, and a resume would match even with the optimizer lost).
-TINY = {"model.path": str(TINY_MODEL), "data.train": str(TINY_DATA / "train.jsonl"), "data.test": str(TINY_DATA / "test.jsonl"),
-        "grpo.steps": 4, "grpo.prompts_per_step": 2, "grpo.samples_per_prompt": 4, "grpo.micro_batch_seqs": 8,
-        "sampler.max_new_tokens": 48, "eval.problems": 2, "checkpoint_every": 1, "keep_last": 0, "cpu_threads": 1}
+TINY = {
+    "model.path": str(TINY_MODEL),
+    "data.train": str(TINY_DATA / "train.jsonl"),
+    "data.test": str(TINY_DATA / "test.jsonl"),
+    "rl.steps": 4,
+    "rl.prompts_per_step": 2,
+    "rl.samples_per_prompt": 4,
+    "rl.micro_batch_seqs": 8,
+    "sampler.max_new_tokens": 48,
+    "eval.problems": 2,
+    "checkpoint_every": 1,
+    "keep_last": 0,
+    "cpu_threads": 1,
+}
 
 
 def cli(out: Path, *extra: str, crash_at: str = "") -> subprocess.CompletedProcess:
     args = [f"--{k}={v}" for k, v in {**TINY, "output_dir": str(out)}.items()] + list(extra)
     env = {**os.environ, "RLVR_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rlvr.train", str(RECIPE), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rlvr.train", str(RECIPE), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def metrics(out: Path) -> list[dict]:
@@ -71,6 +88,22 @@ def test_sigkill_mid_step_then_resume_equals_uninterrupted_run(uninterrupted, tm
     assert_same_run(out, uninterrupted)
 
 
+def test_ppo_with_its_critic_resumes_after_sigkill_bit_for_bit(tmp_path):
+    """PPO (rl.advantage: gae): the checkpoint holds the critic's weights and optimizer too, so a run killed
+    mid-step and resumed ends with the uninterrupted run's metrics and both models' weights, bit for bit."""
+    ppo = {"rl.advantage": "gae", "rl.critic.lr": 1e-3}
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    train(load_config(RECIPE, {**TINY, **ppo, "output_dir": str(ref)}))
+    killed = cli(out, *[f"--{k}={v}" for k, v in ppo.items()], crash_at="step3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoints" / "step_2" / "critic" / "model.safetensors").is_file()
+    train(load_config(RECIPE, {**TINY, **ppo, "output_dir": str(out), "resume": "auto"}))
+    assert_same_run(out, ref)
+    assert all(r["value/loss"] > 0 for r in metrics(ref))
+    critic = "final_critic/model.safetensors"
+    assert (out / critic).read_bytes() == (ref / critic).read_bytes()
+
+
 def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted, tmp_path, capsys):
     out = tmp_path / "run"
     killed = cli(out, crash_at="save3")  # step 3's files written, its manifest not yet
@@ -78,7 +111,10 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted
     assert (out / "checkpoints" / "step_3.tmp").is_dir() and not (out / "checkpoints" / "step_3").exists()
     # metrics.jsonl already has step 3's row; resume must drop it and log step 3 again, once
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
-    assert train_cli.main([str(RECIPE), *[f"--{k}={v}" for k, v in TINY.items()], f"--output_dir={out}", "--resume=auto"]) == 0
+    assert (
+        train_cli.main([str(RECIPE), *[f"--{k}={v}" for k, v in TINY.items()], f"--output_dir={out}", "--resume=auto"])
+        == 0
+    )
     assert f"resuming from {out / 'checkpoints' / 'step_2'}" in capsys.readouterr().out
     assert not (out / "checkpoints" / "step_3.tmp").exists()
     assert_same_run(out, uninterrupted)
@@ -90,11 +126,29 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted
 
 
 STAGES = {
-    "sft": ("tiny_sft.yaml", {"sft.steps": 4, "sft.seqs_per_step": 4, "sft.micro_batch_seqs": 4, "sft.eval_examples": 2,
-                              "sft.eval_max_new_tokens": 8}),
-    "dpo": ("tiny_dpo.yaml", {"dpo.steps": 4, "dpo.pairs_per_step": 4, "dpo.micro_batch_pairs": 4, "dpo.eval_pairs": 2}),
-    "reward_model": ("tiny_reward_model.yaml", {"reward_model.steps": 4, "reward_model.pairs_per_step": 4,
-                                                "reward_model.micro_batch_pairs": 4, "reward_model.eval_pairs": 2}),
+    "sft": (
+        "tiny_sft.yaml",
+        {
+            "sft.steps": 4,
+            "sft.seqs_per_step": 4,
+            "sft.micro_batch_seqs": 4,
+            "sft.eval_examples": 2,
+            "sft.eval_max_new_tokens": 8,
+        },
+    ),
+    "dpo": (
+        "tiny_dpo.yaml",
+        {"dpo.steps": 4, "dpo.pairs_per_step": 4, "dpo.micro_batch_pairs": 4, "dpo.eval_pairs": 2},
+    ),
+    "reward_model": (
+        "tiny_reward_model.yaml",
+        {
+            "reward_model.steps": 4,
+            "reward_model.pairs_per_step": 4,
+            "reward_model.micro_batch_pairs": 4,
+            "reward_model.eval_pairs": 2,
+        },
+    ),
 }
 
 
@@ -106,8 +160,14 @@ def test_sft_dpo_rm_resume_after_sigkill_equal_uninterrupted_runs(stage, tmp_pat
     train_stage = __import__(f"rlvr.{stage}", fromlist=["train"]).train
     train_stage(load_config(REPO / "recipes" / recipe, {**over, "output_dir": str(ref)}))
     args = [f"--{k}={v}" for k, v in {**over, "output_dir": str(out)}.items()]
-    killed = subprocess.run([sys.executable, "-m", "rlvr.train", str(REPO / "recipes" / recipe), *args], cwd=REPO,
-                            env={**os.environ, "RLVR_CRASH_AT": "step3"}, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "rlvr.train", str(REPO / "recipes" / recipe), *args],
+        cwd=REPO,
+        env={**os.environ, "RLVR_CRASH_AT": "step3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     train_stage(load_config(REPO / "recipes" / recipe, {**over, "output_dir": str(out), "resume": "auto"}))
     assert_same_run(out, ref)
@@ -159,10 +219,10 @@ def test_retention_keeps_last_k_plus_best(tmp_path):
 
 def test_resume_setting_auto_path_and_clear_errors(tmp_path):
     out = tmp_path / "run"
-    assert ckpt.prepare_resume(out, "auto") is None  # nothing there: starts fresh
+    assert prepare_resume(out, "auto") is None  # nothing there: starts fresh
     save(out / "checkpoints", 1)
     save(out / "checkpoints", 2)
-    assert ckpt.prepare_resume(out, "auto") == out / "checkpoints" / "step_2"
+    assert prepare_resume(out, "auto") == out / "checkpoints" / "step_2"
     assert ckpt.resolve(str(out), out / "checkpoints") == out / "checkpoints" / "step_2"  # a run dir
     assert ckpt.resolve(str(out / "checkpoints" / "step_1"), out) == out / "checkpoints" / "step_1"
     with pytest.raises(ckpt.CheckpointError, match="is not a directory"):
@@ -171,7 +231,7 @@ def test_resume_setting_auto_path_and_clear_errors(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="never finished"):
         ckpt.resolve(str(out / "checkpoints" / "step_2"), out)
     with pytest.raises(ckpt.CheckpointError, match="--resume=auto"):  # a fresh run would mix two runs' checkpoints
-        ckpt.prepare_resume(out, "")
+        prepare_resume(out, "")
 
 
 def test_resume_restores_metrics_rows_of_the_checkpoint(tmp_path):
@@ -180,7 +240,7 @@ def test_resume_restores_metrics_rows_of_the_checkpoint(tmp_path):
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     ckpt.save(out / "checkpoints", 1, Saveable(), Saveable(), {}, metrics_file=out / "metrics.jsonl")
     (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')  # the crashed process went on
-    ckpt.prepare_resume(out, "auto")
+    prepare_resume(out, "auto")
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
@@ -216,12 +276,16 @@ def test_resume_with_another_zero_layout_names_the_one_to_use(tmp_path):
     mismatch says which, instead of DeepSpeed's or torch's file-not-found."""
     from rlvr.data import PromptStream
 
-    ckpt.save(tmp_path, 1, Saveable(3.0, stage=2), Saveable(), ckpt.loop_state(PromptStream(8, 0)))
-    with pytest.raises(ckpt.CheckpointError, match=r"1 process\(es\) at deepspeed.zero_stage=2.*zero_stage=0.*"
-                                                   r"--deepspeed.zero_stage=2.*--model.path="):
+    state = {"data": PromptStream(8, 0).state(), "rng": ckpt.rng_state()}
+    ckpt.save(tmp_path, 1, Saveable(3.0, stage=2), Saveable(), state)
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"1 process\(es\) at deepspeed.zero_stage=2.*zero_stage=0.*"
+        r"--deepspeed.zero_stage=2.*--model.path=",
+    ):
         ckpt.restore(tmp_path / "step_1", Saveable(stage=0), PromptStream(8, 0))
     learner = Saveable(stage=2)
     assert ckpt.restore(tmp_path / "step_1", learner, PromptStream(8, 0))["step"] == 1
     assert learner.w.tolist() == [3.0] * 4
-    ckpt.save(tmp_path, 2, Saveable(stage=0), Saveable(), ckpt.loop_state(PromptStream(8, 0)))
+    ckpt.save(tmp_path, 2, Saveable(stage=0), Saveable(), state)
     ckpt.restore(tmp_path / "step_2", Saveable(stage=0), PromptStream(8, 0))  # plain torch: no layout to match

@@ -5,13 +5,12 @@ import textwrap
 
 import pytest
 
-from rlvr.config import RewardSpec, load_config
+from rlvr.config import RewardSpec
 from rlvr.data import Problem
-from rlvr.grpo import train
 from rlvr.rewards import is_batch_function, score
-from tests.conftest import REPO
+from rlvr.rl import train
 
-USER_FILE = textwrap.dedent('''
+USER_FILE = textwrap.dedent("""
     def short(completion, answer, **meta):
         return 1.0 if len(completion) < 30 else 0.0
 
@@ -25,7 +24,10 @@ USER_FILE = textwrap.dedent('''
 
     def raises(completion, answer, **meta):
         raise RuntimeError("bug in a user verifier")
-''')
+
+    def batch_raises(prompts, completions, **columns):
+        return [1.0 / 0 for c in completions]
+""")
 
 
 @pytest.fixture
@@ -38,7 +40,11 @@ def user_file(tmp_path):
 def test_score_mixes_plain_and_batch_functions_with_weights(user_file):
     probs = [Problem("q", "42"), Problem("q", "7")]
     completions = ["the answer is 42", "a much longer completion that says 8 at the end"]
-    specs = [RewardSpec(f"{user_file}:short", 2.0), RewardSpec(f"{user_file}:echo_answer", 1.0), RewardSpec("format", 1.0)]
+    specs = [
+        RewardSpec(f"{user_file}:short", 2.0),
+        RewardSpec(f"{user_file}:echo_answer", 1.0),
+        RewardSpec("format", 1.0),
+    ]
     total, metrics, raw = score(specs, ["p", "p"], completions, probs, timeout_s=5.0)
     assert raw["short"].tolist() == [1.0, 0.0] and raw["echo_answer"].tolist() == [1.0, 0.0]
     assert total.tolist() == [3.0, 0.0]
@@ -53,14 +59,30 @@ def test_hanging_or_raising_verifier_scores_zero_and_is_counted(user_file):
         assert metrics[f"verifier/{name}_failures"] == 2.0
 
 
+def test_the_first_failure_of_each_verifier_is_printed_once_with_its_traceback(user_file, capsys, monkeypatch):
+    from rlvr import rewards
+
+    monkeypatch.setattr(rewards, "_REPORTED", set())
+    probs = [Problem("q", "1")] * 2
+    for _ in range(2):  # a second step prints nothing new
+        for name in ("raises", "batch_raises", "short"):
+            _, metrics, _ = score([RewardSpec(f"{user_file}:{name}", 1.0)], ["p"] * 2, ["x", "y"], probs, timeout_s=5.0)
+            assert metrics[f"verifier/{name}_failures"] == (0.0 if name == "short" else 2.0)
+    err = capsys.readouterr().err
+    assert err.count("verifier 'raises' failed") == 1 and err.count("verifier 'batch_raises' failed") == 1
+    assert "RuntimeError: bug in a user verifier" in err and "ZeroDivisionError" in err
+    assert 'my_rewards.py", line' in err  # the user's own file and line, from the worker's traceback
+    assert "'short'" not in err
+
+
 def test_batch_function_detection():
     assert is_batch_function(lambda prompts, completions, **kw: [])
     assert not is_batch_function(lambda completion, answer, **meta: 0.0)
 
 
-def test_a_recipe_trains_with_functions_from_the_users_file(user_file, tiny_overrides):
+def test_a_recipe_trains_with_functions_from_the_users_file(user_file, tiny_overrides, tiny_cfg):
     rewards = f"[{{verifier: '{user_file}:short', weight: 1.0}}, {{verifier: '{user_file}:echo_answer', weight: 0.5}}]"
-    cfg = load_config(REPO / "recipes" / "tiny_zero.yaml", {**tiny_overrides, "grpo.steps": 1, "rewards": rewards})
+    cfg = tiny_cfg({"rl.steps": 1, "rewards": rewards})
     train(cfg)
     row = json.loads(open(f"{cfg.output_dir}/metrics.jsonl").readline())
     assert "reward/short" in row and "reward/echo_answer" in row

@@ -7,9 +7,11 @@ memory is only ever pressed through the sandbox.
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -99,11 +101,19 @@ def test_humaneval_rows():
     from verifiers.code import humaneval_tests
 
     rows = [json.loads(line) for line in gzip.open(path, "rt")][:12]
-    good = sandbox.run_batch([{"code": r["prompt"] + r["canonical_solution"],
-                               "tests": humaneval_tests(r["test"], r["entry_point"])} for r in rows])
+    good = sandbox.run_batch(
+        [
+            {"code": r["prompt"] + r["canonical_solution"], "tests": humaneval_tests(r["test"], r["entry_point"])}
+            for r in rows
+        ]
+    )
     assert [v.status for v in good] == ["pass"] * len(rows), [v.reason for v in good if not v.passed]
-    bad = sandbox.run_batch([{"code": r["prompt"] + "    return None\n",
-                              "tests": humaneval_tests(r["test"], r["entry_point"])} for r in rows])
+    bad = sandbox.run_batch(
+        [
+            {"code": r["prompt"] + "    return None\n", "tests": humaneval_tests(r["test"], r["entry_point"])}
+            for r in rows
+        ]
+    )
     assert all(v.status == "fail" for v in bad)
 
 
@@ -113,8 +123,9 @@ def test_mbpp_rows():
         pytest.skip("no MBPP data")
     rows = [json.loads(line) for line in open(path)]
     rows = [r for r in rows if 11 <= r["task_id"] <= 510][:12]
-    vs = sandbox.run_batch([{"code": r["code"], "tests": r["test_setup_code"] + "\n" + "\n".join(r["test_list"])}
-                            for r in rows])
+    vs = sandbox.run_batch(
+        [{"code": r["code"], "tests": r["test_setup_code"] + "\n" + "\n".join(r["test_list"])} for r in rows]
+    )
     assert all(v.passed for v in vs), [v.reason for v in vs if not v.passed]
 
 
@@ -193,8 +204,10 @@ def test_orphan_daemons_do_not_outlive_the_run():
 
 
 def test_kill_parent_leaves_runner_alive():
-    v = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"
-            "def add(a, b):\n    return a + b\n")
+    v = run(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"
+        "def add(a, b):\n    return a + b\n"
+    )
     assert v.status == "fail"
     assert run("def add(a, b):\n    return a + b\n").passed
 
@@ -205,12 +218,13 @@ def test_kill_parent_leaves_runner_alive():
 def test_host_filesystem_hidden(tmp_path):
     canary = Path("/tmp") / f"sandbox_canary_{uuid.uuid4().hex[:8]}"
     canary.mkdir()
+    repo = Path(sandbox.__file__).resolve().parents[1]
     try:
         (canary / "secret.txt").write_text("host secret")
         code = f"""
         import os
         def add(a, b):
-            seen = [p for p in ("{canary}", "/root/.bashrc", "/home", "/work", "/dev/shm/x", "{tmp_path}",
+            seen = [p for p in ("{canary}", "/root/.bashrc", "/home", "{repo}", "/dev/shm/x", "{tmp_path}",
                                 "/etc/shadow") if os.path.exists(p)]
             try:
                 seen.append(open("/proc/1/environ").read())  # pid 1 of the run: ours, not the host's
@@ -223,6 +237,108 @@ def test_host_filesystem_hidden(tmp_path):
     finally:
         (canary / "secret.txt").unlink()
         canary.rmdir()
+
+
+def test_only_the_path_to_the_installation_is_visible_above_it():
+    """The directories above the Python installation (a venv in /work, a home...) show nothing else."""
+    code = """
+    import json, os, sys
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    seen = {}
+    for prefix in prefixes:
+        parts = prefix.strip("/").split("/")
+        for i in range(1, len(parts)):
+            d = "/" + "/".join(parts[:i])
+            seen[d] = sorted(os.listdir(d))
+    print(json.dumps({"prefixes": sorted(prefixes), "seen": seen}))
+    """
+    v = sandbox.run_program(textwrap.dedent(code))
+    assert v.status == "pass", v.stderr
+    out = json.loads(v.stdout)
+    prefixes = out["prefixes"]
+    for d, names in out["seen"].items():
+        if any(d.startswith(p + "/") for p in prefixes):
+            continue  # inside an installation, which is visible in full
+        allowed = {p[len(d) + 1 :].split("/")[0] for p in prefixes if p.startswith(d + "/")}
+        assert set(names) <= allowed, (d, names)
+
+
+def test_etc_is_synthetic():
+    """/etc holds no host account, host name or time zone: passwd and group list only the jail's users."""
+    code = """
+    import grp, json, os, pwd, time
+    print(json.dumps({
+        "passwd": [line.split(":")[0] for line in open("/etc/passwd").read().splitlines()],
+        "group": [line.split(":")[0] for line in open("/etc/group").read().splitlines()],
+        "pwd": sorted(p.pw_name for p in pwd.getpwall()), "grp": sorted(g.gr_name for g in grp.getgrall()),
+        "etc": sorted(os.listdir("/etc")),
+        "text": {n: open("/etc/" + n).read() for n in ("hosts", "hostname", "nsswitch.conf")},
+        "gmtoff": time.localtime().tm_gmtoff,
+    }))
+    """
+    v = sandbox.run_program(textwrap.dedent(code))
+    assert v.status == "pass", v.stderr
+    seen = json.loads(v.stdout)
+    assert seen["passwd"] == ["root", "sandbox", "nobody"] and seen["pwd"] == ["nobody", "root", "sandbox"]
+    assert seen["group"] == ["root", "sandbox", "nogroup"] and seen["grp"] == ["nogroup", "root", "sandbox"]
+    assert set(seen["etc"]) <= {
+        "passwd",
+        "group",
+        "hosts",
+        "hostname",
+        "nsswitch.conf",
+        "ld.so.cache",
+        "alternatives",
+    }, seen["etc"]
+    host_name = socket.gethostname()
+    if host_name not in ("localhost", "sandbox"):
+        assert not any(host_name in text for text in seen["text"].values())
+    assert seen["gmtoff"] == 0  # no host /etc/localtime: UTC
+
+
+@pytest.mark.parametrize("where", ["tmp", "opt", "home", "symlinked"])
+def test_interpreter_reachable_wherever_python_is_installed(where):
+    """A program can start the interpreter it runs under (``sys.executable``) with the installation in
+    a venv under /tmp (hidden by the run's own /tmp unless made again there), /opt, a home directory or
+    reached through a symlink; the venv stays read-only and nothing next to it shows."""
+    parent = {"tmp": "/tmp", "opt": "/opt", "home": str(Path.home()), "symlinked": "/tmp"}[where]
+    if not os.access(parent, os.W_OK):
+        pytest.skip(f"{parent} is not writable here")
+    base = Path(tempfile.mkdtemp(prefix="rlvr-sandbox-venv-", dir=parent))
+    try:
+        venv = base / "venv"
+        if where == "symlinked":  # base/venv -> base/real/venv, run as base/venv/bin/python
+            (base / "real").mkdir()
+            venv.symlink_to(base / "real" / "venv")
+            venv = base / "real" / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        site = next(venv.glob("lib/python*/site-packages"))
+        (site / "rlvr_probe.py").write_text("X = 7\n")  # a package of the venv itself, not of its base
+        venv = base / "venv"
+        (base / "secret.txt").write_text("next to the venv")
+        program = textwrap.dedent(f"""
+        import os, subprocess, sys
+        import rlvr_probe
+        probe = "import rlvr_probe, sys; print(rlvr_probe.X * 6, sys.prefix == {str(venv)!r})"
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
+        try:
+            open("{venv}/pwned", "w")
+            wrote = True
+        except OSError:
+            wrote = False
+        print(out.strip(), sys.executable.startswith("{venv}/"), os.path.exists("{base}/secret.txt"), wrote)
+        """)
+        driver = (
+            f"import sys; sys.path.insert(0, {str(Path(sandbox.__file__).parents[1])!r}); import sandbox; "
+            f"v = sandbox.run_program({program!r}); print(v.status, v.stdout.strip(), v.stderr[-300:])"
+        )
+        out = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", driver], capture_output=True, text=True, timeout=120, cwd="/"
+        )
+        assert out.stdout.strip() == "pass 42 True True False False", out.stdout + out.stderr
+        assert not (venv / "pwned").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_host_filesystem_read_only():
@@ -309,11 +425,20 @@ def test_not_root_and_no_capabilities():
 
 def test_refuses_to_run_without_namespaces():
     """Where user namespaces are unavailable, it fails with a message that names the fix."""
-    script = ("import sandbox\ntry:\n    sandbox.run_tests('x = 1', 'assert x == 1')\n"
-              "except sandbox.SandboxUnavailable as e:\n    print('UNAVAILABLE', e)\n")
+    script = (
+        "import sandbox\ntry:\n    sandbox.run_tests('x = 1', 'assert x == 1')\n"
+        "except sandbox.SandboxUnavailable as e:\n    print('UNAVAILABLE', e)\n"
+    )
     # A user namespace whose limit on nested user namespaces is 0 stands in for such a host.
-    cmd = ["unshare", "--user", "--map-root-user", "sh", "-c",
-           f"echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c \"$0\"", script]
+    cmd = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        f'echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c "$0"',
+        script,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     if "UNAVAILABLE" not in out.stdout and "Permission denied" in out.stderr:
         pytest.skip("cannot simulate a host without user namespaces here")
@@ -474,10 +599,100 @@ def test_explicit_opt_out_still_judges_verdicts():
     """isolation='none' is the documented opt-out: no namespaces, but the same unforgeable verdicts."""
     pool = sandbox.Pool(1, isolation="none")
     try:
-        good, hack = sandbox.run_batch([
-            {"code": "def add(a, b):\n    return a + b\n", "tests": ADD_TESTS},
-            {"code": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n", "tests": ADD_TESTS},
-        ], pool=pool)
+        good, hack = sandbox.run_batch(
+            [
+                {"code": "def add(a, b):\n    return a + b\n", "tests": ADD_TESTS},
+                {"code": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n", "tests": ADD_TESTS},
+            ],
+            pool=pool,
+        )
     finally:
         pool.close()
     assert good.status == "pass" and hack.status == "fail"
+
+
+def test_objects_built_inside_an_assert_are_judged_by_what_they_return():
+    """LeetCode style: ``Solution().f(x) == y`` builds the program's object inline; the value its
+    method returns is what gets compared (outside), so the object itself still cannot forge a pass."""
+    honest = """
+    class Solution:
+        def add(self, a, b):
+            return a + b
+        def pair(self, a, b):
+            return [a, b]
+    """
+    tests = """
+    assert Solution().add(2, 3) == 5
+    assert Solution().pair(1, 2)[0] == 1
+    assert Solution().add(2, 3) == Solution().add(3, 2)
+    """
+    v = run(honest, tests)
+    assert v.passed and v.tests_passed == 3, v.reason
+    forged = """
+    class Eq:
+        def __eq__(self, other): return True
+        def __ne__(self, other): return False
+        __hash__ = object.__hash__
+    class Liar(int):
+        def __eq__(self, other): return True
+        __hash__ = int.__hash__
+    class Solution:
+        def __eq__(self, other): return True
+        __hash__ = object.__hash__
+        def add(self, a, b):
+            return Eq()
+        def pair(self, a, b):
+            return Liar(0)
+    """
+    assert run(forged, tests).tests_passed == 0
+    assert run(forged, "assert Solution() == 5").status == "fail"
+    assert run(forged, "assert Solution().pair(1, 2) == 1").status == "fail"
+
+
+def test_receiver_with_a_plain_form_is_made_plain():
+    """A ``list`` subclass returned by the program is read as the list it holds: its own ``count`` is not run."""
+    code = """
+    class Lying(list):
+        def count(self, x): return 2
+    def f(honest):
+        return [1, 1] if honest else Lying([])
+    """
+    assert run(code, "assert f(True).count(1) == 2").passed
+    assert run(code, "assert f(False).count(1) == 2").status == "fail"
+
+
+def test_run_calls_ships_values_out_and_arguments_in_as_given():
+    code = """
+    class Eq:
+        def __eq__(self, other): return True
+    class Liar(int):
+        def __eq__(self, other): return True
+        __hash__ = int.__hash__
+    def kinds(*args):
+        return [type(a).__name__ for a in args] + [sorted(type(k).__name__ for k in args[2])]
+    def eq():
+        return Eq()
+    def liar():
+        return Liar(5)
+    """
+    code = textwrap.dedent(code)
+    v = sandbox.run_calls(code, "kinds", [[None, (1, 2), {1: "a"}, "None"]])
+    assert v.passed and v.calls[0].value == ["NoneType", "tuple", "dict", "str", ["int"]]
+    v = sandbox.run_calls(code, "eq", [[]])
+    assert v.status == "fail" and not v.calls[0].returned and "not plain data" in v.calls[0].error
+    v = sandbox.run_calls(code, "liar", [[]])
+    assert type(v.calls[0].value) is int and v.calls[0].value == 5 and v.calls[0].value != 6
+    v = sandbox.run_calls(code, "missing", [[1], [2]])
+    assert v.status == "fail" and all("no function 'missing'" in c.error for c in v.calls)
+    v = sandbox.run_calls("x = 1", "add", [[1, 2]], prelude="from operator import *")
+    assert "no function 'add'" in v.calls[0].error  # the prelude's names are not the program's
+    assert (
+        sandbox.run_calls("add = lambda a, b: a - b", "add", [[1, 2]], prelude="from operator import *").calls[0].value
+        == -1
+    )
+    solution = (
+        "class Solution:\n    def f(self, x):\n        self.n = getattr(self, 'n', 0) + 1\n        return x * self.n\n"
+    )
+    assert [c.value for c in sandbox.run_calls(solution, "f", [[2], [3]]).calls] == [2, 3]  # fresh instance each
+    with pytest.raises(ValueError, match="call 1"):
+        sandbox.run_calls(code, "kinds", [[1], 2])

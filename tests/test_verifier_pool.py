@@ -164,16 +164,121 @@ def test_pool_after_torch_import(user_file):
         import torch
         from verifiers import pool
         t = time.monotonic()
-        got = pool.run_isolated({str(user_file) + ':hang'!r}, ["hang", "x"], ["", ""], timeout_s=1.0)
+        got = pool.run_isolated({str(user_file) + ":hang"!r}, ["hang", "x"], ["", ""], timeout_s=1.0)
         assert got == [None, 1.0], got
-        probe = {str(user_file.parent / 'probe.py')!r}
+        probe = {str(user_file.parent / "probe.py")!r}
         open(probe, "w").write("import sys\\ndef f(c, a, **m):\\n    return float('torch' in sys.modules)\\n")
         assert pool.run_isolated(probe + ":f", ["a"], ["a"]) == [0.0]
         print("ok", round(time.monotonic() - t, 2))
         """
     )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+# ----------------------------------------------------------------------------- why an item failed
+
+
+@pytest.mark.parametrize(
+    "fn, comps, why",
+    [
+        (
+            "boom",
+            ["a", "b"],
+            [
+                "Traceback (most recent call last)",
+                'in boom\n    raise ValueError("verifier bug")',
+                "ValueError: verifier bug",
+            ],
+        ),
+        ("exits", ["a"], ["Traceback (most recent call last)", "SystemExit: 0"]),
+        ("hang", ["hang", "x"], ["timed out after 1 s"]),
+        ("die", ["a"], ["exited with status 3"]),
+        ("not_a_number", ["a"], ["returned a str 'yes', not a number"]),
+        ("nan", ["a"], ["returned nan, not a finite number"]),
+    ],
+)
+def test_errors_report_why_each_item_failed(user_file, fn, comps, why):
+    errors: list = []
+    got = pool.run_isolated(spec(user_file, fn), comps, [""] * len(comps), timeout_s=BOUND_S, errors=errors)
+    failed = [i for i, v in enumerate(got) if v is None]
+    assert failed and [i for i, _ in errors] == failed  # one entry per failed item, none for the others
+    for _, message in errors:
+        assert all(w in message for w in why), message
+
+
+def test_errors_for_unsendable_items_and_bad_specs(user_file, tmp_path):
+    errors: list = []
+    metas = [{"weight": 1}, {"weight": lambda: 1}]
+    assert pool.run_isolated(spec(user_file, "uses_meta"), ["a", "a"], ["a", "a"], metas, errors=errors) == [1.0, None]
+    assert len(errors) == 1 and errors[0][0] == 1 and "could not send the item" in errors[0][1]
+    errors = []
+    assert pool.run_isolated(spec(user_file, "missing_fn"), ["a", "b"], ["a", "b"], errors=errors) == [None, None]
+    assert [i for i, _ in errors] == [0, 1]
+    assert all("loading verifier" in m and "has no function 'missing_fn'" in m for _, m in errors), errors
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_rlvr\n")
+    errors = []
+    assert pool.run_isolated(f"{broken}:f", ["a"], ["a"], errors=errors) == [None]
+    assert "ModuleNotFoundError: No module named 'no_such_module_rlvr'" in errors[0][1]
+
+
+def test_score_batch_reports_errors_of_pool_verifiers(user_file):
+    errors: list = []
+    got = verifiers.score_batch(spec(user_file, "boom"), ["a"], [""], timeout_s=BOUND_S, errors=errors)
+    assert got == [None] and "ValueError: verifier bug" in errors[0][1]
+    assert verifiers.score_batch(spec(user_file, "exact"), ["a"], ["a"], errors=(errors := [])) == [1.0] and not errors
+
+
+# ----------------------------------------------------------------------------- workers reach batch entries
+
+
+def test_score_batch_passes_workers_and_errors_to_batch_entries(monkeypatch):
+    seen = []
+
+    def batch(completions, answers, metas, *, timeout_s, workers=None, errors=None):
+        seen.append((timeout_s, workers, errors))
+        return [1.0] * len(completions)
+
+    def old_batch(completions, answers, metas, *, timeout_s):  # an entry written before workers/errors
+        return [0.5] * len(completions)
+
+    monkeypatch.setattr(verifiers, "_REGISTRY", dict(verifiers._REGISTRY))
+    monkeypatch.setattr(verifiers, "_BATCH", dict(verifiers._BATCH))
+    monkeypatch.setattr(verifiers, "_BATCH_KEYWORDS", dict(verifiers._BATCH_KEYWORDS))
+    verifiers.register("spy", batch=batch)(lambda c, a, **m: 1.0)
+    verifiers.register("old", batch=old_batch)(lambda c, a, **m: 1.0)
+    errors: list = []
+    assert verifiers.score_batch("spy", ["a"], [""], timeout_s=2.0, workers=3, errors=errors) == [1.0]
+    assert seen == [(2.0, 3, errors)] and seen[0][2] is errors
+    assert verifiers.score_batch("old", ["a"], [""], timeout_s=2.0, workers=3, errors=errors) == [0.5]
+
+
+def test_code_batch_runs_on_the_number_of_jails_asked_for(monkeypatch):
+    import sandbox
+    from verifiers import code as codev
+
+    pools = []
+    real = sandbox.run_batch
+
+    def spy(requests, *, pool=None):
+        pools.append(pool)
+        return real(requests, pool=pool)
+
+    monkeypatch.setattr(sandbox, "run_batch", spy)
+    meta = {"test_list": ["assert sq(3) == 9"]}
+    comps = ["def sq(x):\n    return x * x\n", "def sq(x):\n    return x\n"]
+    assert verifiers.score_batch("code", comps, ["", ""], [meta, meta], timeout_s=5.0, workers=3) == [1.0, 0.0]
+    assert pools[-1] is not None and pools[-1].workers == 3
+    assert codev.score_batch(comps[:1], [""], [meta], workers=3) == [1.0] and pools[-1] is pools[-2]  # kept
+    assert verifiers.score_batch("code", comps[:1], [""], [meta], workers=0) == [1.0]
+    assert pools[-1] is None  # 0 or None: the sandbox's default pool, two jails per core

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 Verifier = Callable[..., float]
-# batch(completions, answers, metas, *, timeout_s) -> one reward per completion, None on failure
+# batch(completions, answers, metas, *, timeout_s, workers=None[, errors=None]) -> one reward per
+# completion, None on failure; ``errors``, when accepted and given a list, gets (index, message) per failure.
 BatchVerifier = Callable[..., list]
 
 _REGISTRY: dict[str, Verifier] = {}
 _BATCH: dict[str, BatchVerifier] = {}
+_BATCH_KEYWORDS: dict[str, frozenset | None] = {}  # the optional keywords a batch entry takes; None: any
 # Built-in verifiers are imported on first use so that `import verifiers` stays cheap.
 _BUILTIN_MODULES = {"math": "verifiers.math", "format": "verifiers.format", "code": "verifiers.code"}
 
@@ -43,9 +46,18 @@ def register(name: str, *, batch: BatchVerifier | None = None) -> Callable[[Veri
         _REGISTRY[name] = fn
         if batch is not None:
             _BATCH[name] = batch
+            _BATCH_KEYWORDS[name] = _keywords(batch)
         return fn
 
     return wrap
+
+
+def _keywords(fn) -> frozenset | None:
+    """The keyword arguments ``fn`` accepts (None: any, it has ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def names() -> list[str]:
@@ -95,14 +107,27 @@ def score_batch(
     *,
     timeout_s: float = 1.0,
     workers: int | None = None,
+    errors: list | None = None,
 ) -> list[float | None]:
-    """One reward per completion; ``None`` where the verifier raised or overran ``timeout_s``."""
+    """One reward per completion; ``None`` where the verifier raised or overran ``timeout_s``.
+
+    ``workers``: processes (or sandbox jails) to spread the batch over; None or 0: one per core.
+    ``errors``: a list that gets one ``(index, message)`` per failed item: the verifier's traceback
+    when it raised, else a one-line reason (timeout, crash, not a number, malformed tests...). A batch
+    entry that does not take ``errors`` reports nothing there.
+    """
     metas = list(metas) if metas is not None else [{} for _ in completions]
     if not (len(completions) == len(answers) == len(metas)):
         raise ValueError("completions, answers and metas must have the same length")
     get(spec)  # fail fast, in this process, on a bad name
     if spec in _BATCH:
-        return _BATCH[spec](list(completions), list(answers), metas, timeout_s=timeout_s)
+        accepted = _BATCH_KEYWORDS[spec]
+        extra = {
+            k: v
+            for k, v in (("workers", workers), ("errors", errors))
+            if v is not None and (accepted is None or k in accepted)
+        }
+        return _BATCH[spec](list(completions), list(answers), metas, timeout_s=timeout_s, **extra)
     from verifiers import pool
 
-    return pool.run_isolated(spec, completions, answers, metas, timeout_s=timeout_s, workers=workers)
+    return pool.run_isolated(spec, completions, answers, metas, timeout_s=timeout_s, workers=workers, errors=errors)

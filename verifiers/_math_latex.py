@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 import sympy
-from sympy import Rational, Integer
+from sympy import Integer, Rational
 
 MAX_ANSWER_CHARS = 5000
 MAX_DEPTH = 60
@@ -46,18 +46,47 @@ class ExprInfo:
 # ---------------------------------------------------------------------------------------------
 
 _UNICODE = {
-    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": r"\times ", "\u00f7": r"\div ",
-    "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u2260": r"\ne ",
-    "\u00b7": r"\cdot ", "\u22c5": r"\cdot ", "\u00b0": r"^\circ ", "\u222a": r"\cup ", "\u2229": r"\cap ",
-    "\u2208": r"\in ", "\u00b1": r"\pm ", "\u221a": r"\sqrt ", "\u2205": r"\emptyset ",
-    "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u3000": " ", "\u200b": "",
-    "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u2019": "'", "\uff0c": ",", "\uff1a": ":",
-    "\u00bd": "1/2", "\u00bc": "1/4", "\u00be": "3/4", "\u2153": "1/3", "\u2154": "2/3",
+    "\u2212": "-",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u00d7": r"\times ",
+    "\u00f7": r"\div ",
+    "\u03c0": r"\pi ",
+    "\u221e": r"\infty ",
+    "\u2264": r"\le ",
+    "\u2265": r"\ge ",
+    "\u2260": r"\ne ",
+    "\u00b7": r"\cdot ",
+    "\u22c5": r"\cdot ",
+    "\u00b0": r"^\circ ",
+    "\u222a": r"\cup ",
+    "\u2229": r"\cap ",
+    "\u2208": r"\in ",
+    "\u00b1": r"\pm ",
+    "\u221a": r"\sqrt ",
+    "\u2205": r"\emptyset ",
+    "\u00a0": " ",
+    "\u2009": " ",
+    "\u202f": " ",
+    "\u3000": " ",
+    "\u200b": "",
+    "\u20ac": "",
+    "\u00a3": "",
+    "\u00a5": "",
+    "\u2019": "'",
+    "\uff0c": ",",
+    "\uff1a": ":",
+    "\u00bd": "1/2",
+    "\u00bc": "1/4",
+    "\u00be": "3/4",
+    "\u2153": "1/3",
+    "\u2154": "2/3",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 
 # words that are units or filler when they follow a number (MATH/GSM8K answers carry units)
-_UNIT_WORDS = set("""
+_UNIT_WORDS = set(
+    """
 percent percents pct percentage cent cents dollar dollars usd yuan euro euros pound pounds rupees rs
 unit units sq square cubic cm cm2 cm3 mm km m2 m3 meter meters metre metres kilometer kilometers
 kilometre kilometres centimeter centimeters millimeter millimeters inch inches ft feet foot yard yards
@@ -70,18 +99,24 @@ kids adults men women boys girls players teams items pieces piece apples oranges
 cookies cakes pies marbles balls cards candies candy bottles boxes bags times point points mark marks
 page sheets stamps coins tickets trees flowers cars miles/hour km/hr sqft sqm am pm a.m. p.m. o'clock
 ways numbers integers values solutions triangles squares rectangles days. base
-""".split())
+""".split()
+)
 _CONNECTOR_WORDS = {"and", "or", "und", "y", "et"}
-_NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
-    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
-    "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
-}
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+_NUMBER_WORDS = {w: i for i, w in enumerate((_ONES + " seventeen eighteen nineteen").split())}
+_NUMBER_WORDS.update(
+    {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+)
 
-_TEXT_CMD = r"\\(?:text|textbf|textit|textnormal|textrm|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt|boldsymbol|bm|operatorname|emph)"
+_TEXT_CMD = (
+    r"\\(?:text|textbf|textit|textnormal|textrm|textsf|texttt|mbox|hbox|mathrm|mathbf|mathit|mathsf|mathtt"
+    r"|boldsymbol|bm|operatorname|emph)"
+)
 _TEXT_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
-_SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\(?:quad|qquad|enspace|thinspace|medspace|thickspace|hspace\{[^{}]*\}|displaystyle|textstyle|limits|nolimits|mathstrut|strut|middle)(?![a-zA-Z])|~")
+_SPACING_RE = re.compile(
+    r"(?<!\\)\\[,;:! ]|\\(?:quad|qquad|enspace|thinspace|medspace|thickspace|hspace\{[^{}]*\}|displaystyle|textstyle"
+    r"|limits|nolimits|mathstrut|strut|middle)(?![a-zA-Z])|~"
+)
 
 
 def _sanitize(s: str) -> str:
@@ -101,7 +136,7 @@ def _strip_text_commands(s: str) -> str:
         inner = m.group(1)
         words = inner.strip().lower()
         before = s[: m.start()].rstrip()
-        after = s[m.end():]
+        after = s[m.end() :]
         if words in _CONNECTOR_WORDS or words in {"and ", "or "}:
             rep = ","
         elif words.rstrip(".s") in {"", "cm^2", "cm^3"} and not before:
@@ -143,15 +178,22 @@ def normalize(s: str) -> str:
         return s
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
     s = s.replace("\\$", " ").replace("$", " ")
-    s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])\s*(\\[{}|]|[()\[\]|.])?",
-               lambda m: "" if m.group(1) in (None, ".") else m.group(1), s)
+    s = re.sub(
+        r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])\s*(\\[{}|]|[()\[\]|.])?",
+        lambda m: "" if m.group(1) in (None, ".") else m.group(1),
+        s,
+    )
     s = re.sub(r"(?<!\\)\\(?:[\[\]()])", " ", s)  # \[ \] \( \) display delimiters
-    # thousands separators written for LaTeX
-    s = re.sub(r"(\d)\s*\{,\}\s*(?=\d)", r"\1", s)
+    s = re.sub(r"\\lbrace(?![a-zA-Z])", r"\\{", s)
+    s = re.sub(r"\\rbrace(?![a-zA-Z])", r"\\}", s)
+    # thousands separators written for LaTeX; {,} before other than three digits is a decimal comma
+    s = re.sub(r"(\d)\s*\{\s*,\s*\}\s*(?=\d{3}(?!\d))", r"\1", s)
     s = re.sub(r"(\d),\\!\s*(?=\d{3}(?!\d))", r"\1", s)
     s = re.sub(r"\\(?:dfrac|tfrac|cfrac)(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\(?:dbinom|tbinom)(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", " \u00b0 ", s)
+    # models glue a macro to the next letter (\quadx_2); LaTeX would read one unknown macro
+    s = re.sub(r"\\(qquad|quad|cdot(?!s)|times)(?=[a-zA-Z])", r"\\\1 ", s)
     s = _SPACING_RE.sub(" ", s)
     s = re.sub(r"\\(?:mathrm|mathbf|mathit|operatorname)\s*\{\s*e\s*\}", "e", s)
     s = _strip_text_commands(s)
@@ -169,23 +211,38 @@ def normalize(s: str) -> str:
     s = re.sub(r"\\lt(?![a-zA-Z])", "<", s)
     s = re.sub(r"\\varnothing(?![a-zA-Z])", r"\\emptyset", s)
     s = re.sub(r"\\(?:rm|bf|it|cal|mathcal|mathbb)(?![a-zA-Z])\s*", "", s) if re.search(r"\\(?:rm|bf|it)\b", s) else s
+    s = re.sub(r"(?<=[)\]])\s*(?:or|and)\s*(?=[(\[])", ", ", s)  # (11,7)or(7,11)
     s = re.sub(r"\s+", " ", s).strip()
     # trailing punctuation and words that are units/filler after a number
     for _ in range(6):
         old = s
-        s = re.sub(r"[\s.;,:!?]+$", "", s)
+        # a '!' after a number or bracket is a factorial; a lone trailing backslash is a typo
+        s = re.sub(r"(?:[\s.;,:?]|(?<![\d)}!])!|\\)+$", "", s)
         m = re.search(r"(?<=[\d})\s])\s*([a-zA-Z][a-zA-Z/.']*)(\s*\^\s*(?:\{\s*\d\s*\}|\d))?$", s)
         if m and m.group(1).lower().rstrip(".") in _UNIT_WORDS and re.search(r"[\d}]\s*$", s[: m.start()]):
             s = s[: m.start()].rstrip()
         m = re.match(r"^(?:x\s*\\in|\\in)\s+", s)
         if m:
-            s = s[m.end():]
+            s = s[m.end() :]
         if s == old:
             break
     s = s.replace("\u00b0", " \u00b0 ")
     if not re.search(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])", s):
         s = re.sub(r"\s*\u00b0\s*$", "", s)  # a trailing degree sign is a unit
     s = re.sub(r"\s+", " ", s).strip()
+    return _whole_number(s)
+
+
+_SCI_X_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*[xX]\s*(10\s*\^\s*(?:\{\s*-?\d+\s*\}|-?\d+))")
+
+
+def _whole_number(s: str) -> str:
+    """An answer that is one number written with thousands separators or as ``2.5 x 10^6``."""
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
+        return s.replace(",", "")
+    m = _SCI_X_RE.fullmatch(s)
+    if m:
+        return f"{m.group(1)} \\times {m.group(2)}"
     return s
 
 
@@ -204,14 +261,37 @@ _TOK = re.compile(
 )
 
 _FUNCS = {
-    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec,
-    "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-    "arccot": sympy.acot, "arcsec": sympy.asec, "arccsc": sympy.acsc,
-    "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh, "coth": sympy.coth,
-    "exp": sympy.exp, "ln": sympy.log, "log": sympy.log, "lg": lambda x: sympy.log(x, 10),
-    "det": None, "gcd": None, "lcm": None, "max": None, "min": None,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "cot": sympy.cot,
+    "sec": sympy.sec,
+    "csc": sympy.csc,
+    "arcsin": sympy.asin,
+    "arccos": sympy.acos,
+    "arctan": sympy.atan,
+    "arccot": sympy.acot,
+    "arcsec": sympy.asec,
+    "arccsc": sympy.acsc,
+    "sinh": sympy.sinh,
+    "cosh": sympy.cosh,
+    "tanh": sympy.tanh,
+    "coth": sympy.coth,
+    "exp": sympy.exp,
+    "ln": sympy.log,
+    "log": sympy.log,
+    "lg": lambda x: sympy.log(x, 10),
+    "det": None,
+    "gcd": None,
+    "lcm": None,
+    "max": None,
+    "min": None,
 }
 _TRIG = {"sin", "cos", "tan", "cot", "sec", "csc"}
+# commands whose argument is a name (\overline{AB}, \angle ABC), not a value
+_NAME_COMMANDS = set(
+    "overline bar vec hat widehat overrightarrow angle triangle mathbf mathrm mathit boldsymbol mathbb mathcal".split()
+)
 _GREEK = set(
     "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
     "rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi Omega".split()
@@ -274,7 +354,11 @@ def _is_huge(e) -> bool:
             return True  # only _safe_pow leaves such powers unevaluated
     if isinstance(e, sympy.Integer) and int(e).bit_length() > 20000:
         return True
-    return any(_is_huge(a) for a in getattr(e, "args", ())[:4]) if isinstance(e, sympy.Basic) and len(e.args) < 5 and not e.is_Atom else False
+    return (
+        any(_is_huge(a) for a in getattr(e, "args", ())[:4])
+        if isinstance(e, sympy.Basic) and len(e.args) < 5 and not e.is_Atom
+        else False
+    )
 
 
 def _safe_mul(a, b):
@@ -345,7 +429,10 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    _STOP = {"+", "-", "=", "<", ">", "<=", ">=", "!=", "==", "=<", "=>", ")", "]", "}", "\\}", ",", ";", ":", "&", "|", "eof", "\\\\", "\\cup", "\\cap", "\\to", "\\in", "\\pm", "\\mp", "\\rfloor", "\\rceil", "\\end", "\\right", "\\rangle"}
+    _STOP = set(
+        r"+ - = < > <= >= != == =< => ) ] } \} , ; : & | eof \\ \cup \cap \to \in \pm \mp \rfloor \rceil \end \right"
+        r" \rangle".split()
+    )
 
     def parse_product(self, stop_at_func=False):
         left = self.parse_unary()
@@ -362,7 +449,7 @@ class _Parser:
                 left = _safe_mul(left, _safe_pow(right, Integer(-1)))
             elif text in self._STOP or kind == "eof" or text == "\u00b0":
                 return left
-            elif text == "|" :
+            elif text == "|":
                 return left
             elif stop_at_func and (kind == "cmd" and text[1:] in _FUNCS or kind == "word" and text in _FUNCS):
                 return left
@@ -650,7 +737,7 @@ class _Parser:
             e = self.parse_sum()
             self.expect("\\rfloor" if name == "lfloor" else "\\rceil")
             return sympy.floor(e) if name == "lfloor" else sympy.ceiling(e)
-        if name in ("overline", "bar", "vec", "hat", "widehat", "overrightarrow", "angle", "triangle", "mathbf", "mathrm", "mathit", "boldsymbol", "mathbb", "mathcal"):
+        if name in _NAME_COMMANDS:
             if self.peek()[1] == "{":
                 # a name: \overline{AB}, \angle ABC
                 self.next()
@@ -731,8 +818,17 @@ def split_top(s: str, seps: tuple[str, ...]) -> list[str]:
     while i < n:
         c = s[i]
         if c == "\\" and depth == 0:
-            hit = next((sep for sep in seps if sep.startswith("\\") and sep != "\\\\" and s.startswith(sep, i)
-                        and not (i + len(sep) < n and s[i + len(sep)].isalpha())), None)
+            hit = next(
+                (
+                    sep
+                    for sep in seps
+                    if sep.startswith("\\")
+                    and sep != "\\\\"
+                    and s.startswith(sep, i)
+                    and not (i + len(sep) < n and s[i + len(sep)].isalpha())
+                ),
+                None,
+            )
             if hit:
                 out.append(s[start:i])
                 start = i = i + len(hit)
@@ -805,15 +901,18 @@ def _expand_pm(s: str) -> list[str] | None:
                 nxt.append(t)
                 continue
             a, b = ("+", "-") if m.group(1) == "pm" else ("-", "+")
-            nxt.append(t[: m.start()] + a + t[m.end():])
-            nxt.append(t[: m.start()] + b + t[m.end():])
+            nxt.append(t[: m.start()] + a + t[m.end() :])
+            nxt.append(t[: m.start()] + b + t[m.end() :])
         outs = nxt
     if any("\\pm" in t or "\\mp" in t for t in outs):
         raise ParseError("too many \\pm")
     return outs
 
 
-_MATRIX_RE = re.compile(r"^\\begin\{(pmatrix|bmatrix|Bmatrix|vmatrix|Vmatrix|matrix|smallmatrix|array)\}(\{[^{}]*\})?(.*?)\\end\{\1\}$", re.S)
+_MATRIX_RE = re.compile(
+    r"^\\begin\{(pmatrix|bmatrix|Bmatrix|vmatrix|Vmatrix|matrix|smallmatrix|array)\}(\{[^{}]*\})?(.*?)\\end\{\1\}$",
+    re.S,
+)
 
 
 def _parse_matrix(s: str):
@@ -935,8 +1034,9 @@ def parse_value(s: str, depth: int = 0):
         return ("coll", [v for x in items for v in _flatten_pm(parse_value(x, depth + 1))])
     if len(items) == 1 and items[0].strip() != s:
         return parse_value(items[0], depth + 1)
-    # "and"/"or" words without spaces around already handled; plus-minus expands to a collection
-    pm = _expand_pm(s)
+    # "and"/"or" words without spaces around already handled; plus-minus expands to a collection,
+    # inside each element of a set or tuple (expanding the whole would multiply out the signs)
+    pm = None if _is_bracketed_list(s) else _expand_pm(s)
     if pm is not None:
         return ("coll", [parse_value(x, depth + 1) for x in pm])
     # relations (a chain a < x < b, or lhs = rhs)
@@ -948,6 +1048,12 @@ def parse_value(s: str, depth: int = 0):
         parts = split_top(s, (":",))
         if len(parts) == 2 and all(p.strip() for p in parts):
             return ("ratio", [parse_value(p, depth + 1) for p in parts])
+    v = _bracketed_value(s, depth)
+    return v if v is not None else _scalar_value(s)
+
+
+def _bracketed_value(s: str, depth: int):
+    """Sets ``\\{...\\}``, ``{...}`` groups, tuples and intervals; None for anything else."""
     # sets
     if s.startswith("\\{") and s.endswith("\\}") and _matching_brace(s) == len(s) - 2:
         inner = s[2:-2].strip()
@@ -969,6 +1075,11 @@ def parse_value(s: str, depth: int = 0):
         items = split_top(inner, (",", ";"))
         if len(items) > 1:
             return ("tuple", s[0], s[-1], [parse_value(x, depth + 1) for x in items])
+    return None
+
+
+def _scalar_value(s: str):
+    """Matrices, number words, text, mixed numbers, and else one expression."""
     # matrices
     if "\\begin" in s:
         m = _matrix_expr(s)
@@ -996,6 +1107,15 @@ def parse_value(s: str, depth: int = 0):
         return ("expr", -v if m.group(1) else v, ExprInfo())
     e, info = parse_expr(s)
     return ("expr", e, info)
+
+
+def _is_bracketed_list(s: str) -> bool:
+    """A whole ``\\{...\\}`` set, or a tuple or interval of several items."""
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return _matching_brace(s) == len(s) - 2
+    if s[0] in "([" and s[-1] in ")]" and _matching_close(s, 0) == len(s) - 1:
+        return len(split_top(s[1:-1], (",", ";"))) > 1
+    return False
 
 
 def _matching_brace(s: str) -> int:
@@ -1030,6 +1150,7 @@ def _split_relation(s: str):
     while i < n:
         c = s[i]
         if c == "\\" and i + 1 < n:
+            depth += (s[i + 1] == "{") - (s[i + 1] == "}")  # a set \{x = 1\} is not a relation
             i += 2
             continue
         if c in "([{":
@@ -1070,12 +1191,20 @@ def _relation_value(rel, depth):
         return ("rel", "=", parse_value(sides[0], depth + 1), parse_value(sides[-1], depth + 1), _is_label(sides[0]))
     if len(ops) == 2 and ops[0] in ("<", "<=") and ops[1] in ("<", "<="):
         a, mid, b = sides
-        return ("tuple", "(" if ops[0] == "<" else "[", ")" if ops[1] == "<" else "]",
-                [parse_value(a, depth + 1), parse_value(b, depth + 1)])
+        return (
+            "tuple",
+            "(" if ops[0] == "<" else "[",
+            ")" if ops[1] == "<" else "]",
+            [parse_value(a, depth + 1), parse_value(b, depth + 1)],
+        )
     if len(ops) == 2 and ops[0] in (">", ">=") and ops[1] in (">", ">="):
         b, mid, a = sides
-        return ("tuple", "(" if ops[1] == ">" else "[", ")" if ops[0] == ">" else "]",
-                [parse_value(a, depth + 1), parse_value(b, depth + 1)])
+        return (
+            "tuple",
+            "(" if ops[1] == ">" else "[",
+            ")" if ops[0] == ">" else "]",
+            [parse_value(a, depth + 1), parse_value(b, depth + 1)],
+        )
     raise ParseError("unsupported relation chain")
 
 

@@ -15,33 +15,56 @@ exact comparison of plain numbers, multiple-choice letters); everything else run
 worker process of ``verifiers.pool`` with a hard wall-clock bound (``timeout_s``, default 1 s), so
 no input can hang the caller; a timeout is a ``False`` verdict (``None`` in ``score_batch``, which
 the learner counts). The first call starts the workers (about 0.1-0.5 s, not charged to the bound);
-``warm_up()`` does that ahead of time.
+``warm_up()`` does that ahead of time. Extraction always runs in the caller; a worker receives the
+extracted pair and runs ``judge_pair`` (spec ``"verifiers.math:judge_pair"``), never ``math_reward``.
 
-Extraction (``extract_answer``): the answer inside the last ``<answer>...</answer>`` if any, else the
-latest of: the last ``\\boxed{...}`` group (also ``\\boxed 5``, ``\\fbox``), the last ``#### ...`` line,
-the last "The answer is ..." / "Final Answer: ..." sentence. Boxes written together as one final
-statement (separated only by commas, "and", ``\\quad``, a short label such as ``y_2 =``) form one
-multi-part answer; a box followed by prose and another box is a revision and the last one counts;
-a repeated box is one answer. A response with no marker is taken as a bare answer, or, if it is
-prose, its last formula (``$...$``, ``\\[...\\]``) or else its last number.
+Extraction (``extract_answer``): chat-template tokens closing the response (``<|im_end|>``,
+``<|eot_id|>``, ``</s>``, a started ``<|im_start|>user``) are dropped first. Then the answer inside the
+last ``<answer>...</answer>`` if any, else the latest of: the last ``\\boxed{...}`` group (also
+``\\boxed 5``, ``\\fbox``; ``\\boxed{185\\}`` is 185), the last ``#### ...`` line, the last
+"The answer is ..." / "Final Answer: ..." sentence (Minerva's "I hope it is correct." is not part of
+it; a choice letter followed by its reason, "The answer is B because ...", is the letter B, but "A bit
+more" is prose). Boxes written together as one final statement (separated only by commas, "and",
+``\\quad``, math delimiters such as ``\\) and \\(``, a short label such as ``y_2 =``) form one multi-part
+answer; a box followed by prose and another box is a revision and the last one counts; a repeated box
+is one answer. A response with no marker is taken as a bare answer, or, if it is prose, its last
+formula (``$...$``, ``\\[...\\]``) or its last whole number, whichever comes later; a number later in the
+formula's own sentence wins only over a formula without a digit ("There are $9$ divisors of 196" is 9,
+"The volume of $ABCD$ is 120" is 120). A prose answer is always a whole expression, never a fragment
+of one: ``2/3``, ``\\frac{2}{3}``, ``-1,000.99``, ``{60}`` (also glued to a unit: ``1,000.99m^2``) are read
+whole, and a number touching a digit, operator, ``^``, ``_``, brace or backslash (``2`` of ``m^2``,
+``5`` of ``5-6``) is not a number of the prose; where the prose has no whole number there is no answer.
 
 Equivalence policy (MATH/GSM8K conventions), decided here:
-- units, ``\\text{}``, ``$``, ``^\\circ`` and thousands separators (``1,000``, ``1{,}000``,
-  ``1,\\!000``, ``1 000``) are ignored; ``32, 349`` (comma and space) is a two-element list.
+- units, ``\\text{}``, ``$``, ``^\\circ`` and thousands separators (``1,000``, ``1{,}000``, ``14 {, }916``,
+  ``1,\\!000``, ``1 000``) are ignored; ``32, 349`` (comma and space) is a two-element list, and
+  ``{,}`` before other than three digits is a decimal comma, not a separator (``3{,}14 != 314``).
+- typos that LaTeX would reject are read as meant: a trailing backslash (``185\\``), a spacing or
+  operator macro glued to a letter (``\\quadx_{2}`` is ``\\quad x_{2}``).
+- a ``!`` after a number or bracket is a factorial, either side (``5! == 120``, ``6! != 721``); in a
+  prose sentence ("The answer is 42!") it is an exclamation mark.
 - percent is a unit: ``28\\%`` equals ``28`` and does NOT equal ``0.28``.
 - numbers compare exactly: ``025 == 25``, ``1000.0 == 1000``, ``0.5 == \\frac12``; unreduced fractions
   are equal to their value (``\\frac{2}{4} == \\frac12``); no rounding (``1/2^{99} != 1/2^{98}``).
 - a decimal with 10 or more significant digits equals an exact value it agrees with to within one
   unit in its last digit (``0.0833333333333 == 1/12``); shorter decimals never equal an irrational
   or a different rational (``3.14 != \\pi``, ``33.3 != 100/3``).
-- e-notation is a number: ``6.02e23 == 6.02\\times10^{23}``.
+- e-notation is a number: ``6.02e23 == 6.02\\times10^{23}``; so is scientific notation written with an
+  ``x`` (``2.5 x 10^6 == 2,500,000 == 2.5 \\times 10^{6}``, ``!= 250,000``).
 - number words (zero..ninety, "twenty one") equal their value; other words compare as
   case-insensitive text (``\\text{Even} == even``).
 - mixed numbers: ``1\\frac{4}{5} == 9/5`` (an integer directly before a numeric ``\\frac``) and
   ``7 3/4 == 31/4``.
-- ``{...}`` sets and comma lists are order-free; tuples and intervals are ordered and their brackets
-  must match (``(0,9) != [0,9)``); ``\\pm`` expands to both values; ``A \\cup B`` compares as a set of
-  pieces (finite sets merged).
+- ``{...}`` sets and comma lists are order-free, and an item listed twice counts once
+  (``(1,2), (3,4), (1,2) == (1,2), (3,4)``, but ``!= (1,2)``); a hedge written without spaces
+  (``(11,7)or(7,11)``) is the list ``(11,7), (7,11)``. Tuples and intervals are ordered and their
+  brackets must match (``(0,9) != [0,9)``).
+- ``\\pm`` expands to both values, inside a set element by element (``\\{2, \\pm 3\\} == 2, 3, -3``,
+  ``\\{1 \\pm \\sqrt2\\} == 1+\\sqrt2, 1-\\sqrt2``).
+- ``A \\cup B`` compares as a set of pieces (finite sets merged). Intervals with numeric ends that
+  overlap or touch at an end that either one includes are one interval (``[1,2] \\cup [2,4] == [1,4]``,
+  ``(-\\infty,0) \\cup [0,3] == (-\\infty,3]``, ``(1,2) \\cup \\{2\\} == (1,2]``); ``(1,2) \\cup (2,4) != (1,4)``
+  (2 is in neither) and ``[1,2] \\cup [3,4] != [1,4]``.
 - ``x=2`` equals ``2`` when the left side names the answer (``x``, ``f(x)``, ``|AB|``, ``(p,q)``);
   ``a+3z=0`` does not equal ``0``. Two equations are equal when ``lhs - rhs`` differ by a nonzero
   constant factor. Inequalities in one variable are intervals (``x \\ge 5 == [5, \\infty)``,
@@ -64,28 +87,23 @@ Equivalence policy (MATH/GSM8K conventions), decided here:
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import re
 import time
 from fractions import Fraction
 
 import sympy
 
-from verifiers import register
-from verifiers import pool as _pool
+from verifiers import pool as _pool, register
 from verifiers._math_extract import extract as _extract
-from verifiers._math_latex import (
-    MAX_ANSWER_CHARS,
-    ExprInfo,
-    ParseError,
-    _is_huge,
-    normalize,
-    parse_value,
-)
+from verifiers._math_latex import MAX_ANSWER_CHARS, ExprInfo, ParseError, _is_huge, _unlabel, normalize, parse_value
 
 __all__ = ["extract_answer", "is_equivalent", "verify", "math_reward", "warm_up", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1.0
 WORKER_MEMORY_MB = 3072
+# what the pool's workers run: resolved there with verifiers.get, so no worker re-enters math_reward
+_JUDGE_SPEC = "verifiers.math:judge_pair"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,16 +132,6 @@ def verify(response: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOU
     return _bounded(response, gold, "verify", timeout_s)
 
 
-@register("math", batch=lambda completions, answers, metas, *, timeout_s=DEFAULT_TIMEOUT_S: math_batch(
-    completions, answers, metas, timeout_s=timeout_s))
-def math_reward(completion: str, answer: str, **meta) -> float:
-    """1.0 if the completion's final answer equals ``answer``, else 0.0."""
-    mode = meta.get("_math_mode", "verify")
-    if _pool.IN_WORKER:
-        return 1.0 if _local(completion, answer, mode) else 0.0
-    return 1.0 if _bounded(completion, answer, mode, meta.get("timeout_s", DEFAULT_TIMEOUT_S)) else 0.0
-
-
 def math_batch(completions, answers, metas=None, *, timeout_s: float = DEFAULT_TIMEOUT_S, workers=None):
     """The batch entry point: a cheap in-process verdict where one exists, the pool for the rest."""
     n = len(completions)
@@ -142,22 +150,34 @@ def math_batch(completions, answers, metas=None, *, timeout_s: float = DEFAULT_T
             out[i] = 1.0 if v else 0.0
     if rest:
         got = _pool.run_isolated(
-            "math",
+            _JUDGE_SPEC,
             [p for p, _ in pairs],
             [g for _, g in pairs],
-            [{"_math_mode": "pair"} for _ in rest],
+            [{} for _ in rest],
             timeout_s=timeout_s,
             workers=workers,
             memory_mb=WORKER_MEMORY_MB,
         )
-        for i, v in zip(rest, got):
+        for i, v in zip(rest, got, strict=True):
             out[i] = v
     return out
 
 
+@register("math", batch=math_batch)
+def math_reward(completion: str, answer: str, **meta) -> float:
+    """1.0 if the completion's final answer equals ``answer``, else 0.0."""
+    return 1.0 if _bounded(completion, answer, "verify", meta.get("timeout_s", DEFAULT_TIMEOUT_S)) else 0.0
+
+
+def judge_pair(pred: str, gold: str, **meta) -> float:
+    """The worker side of the pool: an already extracted pair, judged here without a bound of its own
+    (the pool that calls it kills it when it overruns)."""
+    return 1.0 if _judge(pred, gold) else 0.0
+
+
 def warm_up(workers: int | None = None) -> None:
     """Start the worker processes now (otherwise the first slow verdict starts them)."""
-    _pool.get_pool(WORKER_MEMORY_MB).warm(workers, spec="math")
+    _pool.get_pool(WORKER_MEMORY_MB).warm(workers, spec=_JUDGE_SPEC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,13 +206,16 @@ def _bounded(a, b, mode, timeout_s) -> bool:
         v = _fast_pair(pred, gold)
         if v is not None:
             return v
-        if timeout_s is None or _pool.IN_WORKER:
+        # a daemonic process (a pool worker running a user's verifier that calls this) may not start
+        # the pool's workers; whoever started it bounds it
+        if timeout_s is None or multiprocessing.current_process().daemon:
             return _equal_strings(pred, gold)
         left = timeout_s - (time.monotonic() - t0) - _KILL_MARGIN_S
         if left <= 0:
             return False
-        got = _pool.run_isolated("math", [pred], [gold], [{"_math_mode": "pair"}], timeout_s=left,
-                                 workers=1, memory_mb=WORKER_MEMORY_MB)
+        got = _pool.run_isolated(
+            _JUDGE_SPEC, [pred], [gold], [{}], timeout_s=left, workers=1, memory_mb=WORKER_MEMORY_MB
+        )
         return got[0] == 1.0
     except Exception:
         return False
@@ -202,8 +225,6 @@ def _answers(a, b, mode) -> tuple[str | None, str | None]:
     if not isinstance(a, str) or not isinstance(b, str):
         return None, None
     a, b = _clean(a), _clean(b)
-    if mode == "pair":
-        return a, b
     pred = _extract(a) if mode == "verify" else (_extract(a) if "\\boxed" in a or "\\fbox" in a else a)
     gold = _extract(b) if ("\\boxed" in b or "\\fbox" in b or "<answer>" in b) else b
     if gold is not None and re.search(r"(?m)^#### ", gold):
@@ -241,17 +262,6 @@ def _simple_number(s: str) -> tuple[Fraction, int, int] | None:
     return None
 
 
-def _fast(a, b, mode) -> bool | None:
-    """A verdict in microseconds where one is certain, else None (go to the slow path)."""
-    try:
-        if not isinstance(a, str) or not isinstance(b, str):
-            return False
-        pred, gold = _answers(a, b, mode)
-        return _fast_pair(pred, gold)
-    except Exception:
-        return None
-
-
 def _fast_pair(pred, gold) -> bool | None:
     try:
         if pred is None or gold is None:
@@ -280,15 +290,14 @@ def _numbers_equal(x, y) -> bool:
     if x[0] == y[0]:
         return True
     # a long decimal against an exact fraction: within one unit of its last digit
-    for (v1, d1, e1), (v2, d2, e2) in ((x, y), (y, x)):
+    for (v1, d1, e1), (v2, d2, _) in ((x, y), (y, x)):
         if d1 >= 10 and d2 == 0 and abs(v1 - v2) < Fraction(10) ** e1:
             return True
     return False
 
 
-def _local(a, b, mode) -> bool:
+def _judge(pred, gold) -> bool:
     try:
-        pred, gold = _answers(a, b, mode)
         fast = _fast_pair(pred, gold)
         if fast is not None:
             return fast
@@ -304,8 +313,19 @@ def _parsed(s: str):
         return ("text", n.lower()), n
     try:
         return parse_value(n), n
-    except (ParseError, RecursionError, ValueError, TypeError, ZeroDivisionError, AttributeError, IndexError,
-            KeyError, sympy.SympifyError, NotImplementedError, OverflowError):
+    except (
+        ParseError,
+        RecursionError,
+        ValueError,
+        TypeError,
+        ZeroDivisionError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        sympy.SympifyError,
+        NotImplementedError,
+        OverflowError,
+    ):
         return None, n
     except Exception:
         return None, n
@@ -328,7 +348,11 @@ def _equal_strings(pred: str, gold: str) -> bool:
     if np_ == ng:
         return True
     cg, cp = _choice(vg, ng), _choice(vp, np_)
-    if cg is not None and cp is not None and (vg is not None and vg[0] == "letter" or vp is not None and vp[0] == "letter"):
+    if (
+        cg is not None
+        and cp is not None
+        and (vg is not None and vg[0] == "letter" or vp is not None and vp[0] == "letter")
+    ):
         return cg == cp
     if vp is None or vg is None:
         return _text_key(np_) == _text_key(ng)
@@ -358,14 +382,14 @@ def _simplify_value(v):
         finite, pieces = [], []
         for part in v[1]:
             part = _simplify_value(part)
-            if part[0] == "coll":
-                finite.extend(part[1])
-            elif part[0] == "union":
-                pieces.extend(part[1])
-            elif part[0] == "tuple":
-                pieces.append(part)
-            else:
-                finite.append(part)
+            for q in part[1] if part[0] == "union" else [part]:
+                if q[0] == "coll":
+                    finite.extend(q[1])
+                elif q[0] == "tuple":
+                    pieces.append(q)
+                else:
+                    finite.append(q)
+        pieces, finite = _merge_intervals(pieces, finite)
         if finite:
             pieces.append(("coll", finite))
         if len(pieces) == 1:
@@ -376,6 +400,57 @@ def _simplify_value(v):
         if iv is not None:
             return iv
     return v
+
+
+def _bounds(v) -> list | None:
+    """[lo, hi, lo closed, hi closed] of an interval with numeric ends (the ends kept as values)."""
+    if v[0] != "tuple" or len(v[3]) != 2 or v[1] not in "([" or v[2] not in ")]":
+        return None
+    if not all(e[0] == "expr" and e[1].is_extended_real and not e[1].free_symbols for e in v[3]):
+        return None
+    return [v[3][0], v[3][1], v[1] == "[", v[2] == "]"]
+
+
+def _cmp(a, b) -> int:
+    """-1, 0 or 1 for two real numbers given as values; raises TypeError when undecidable."""
+    x, y = a[1], b[1]
+    if x == y or (x - y).is_zero:
+        return 0
+    return -1 if bool(x < y) else 1
+
+
+def _merge_intervals(pieces, finite):
+    """A union of intervals and points with touching or overlapping pieces joined: [1,2] U [2,4] is
+    [1,4] and (1,2) U {2} is (1,2]; (1,2) U (2,4) stays two pieces (2 is in neither)."""
+    ivs = [_bounds(p) for p in pieces]
+    if not ivs or None in ivs or not all(f[0] == "expr" and f[1].is_extended_real for f in finite):
+        return pieces, finite
+    try:
+        rest = []
+        for pt in finite:
+            hit = next((iv for iv in ivs if _cmp(iv[0], pt) <= 0 and _cmp(pt, iv[1]) <= 0), None)
+            if hit is None:
+                rest.append(pt)
+            else:
+                hit[2] = hit[2] or _cmp(hit[0], pt) == 0
+                hit[3] = hit[3] or _cmp(pt, hit[1]) == 0
+        ivs.sort(key=functools.cmp_to_key(lambda a, b: _cmp(a[0], b[0])))
+        out = [ivs[0]]
+        for iv in ivs[1:]:
+            cur = out[-1]
+            gap = _cmp(cur[1], iv[0])
+            if gap < 0 or gap == 0 and not (cur[3] or iv[2]):
+                out.append(iv)
+                continue
+            cur[2] = cur[2] or _cmp(cur[0], iv[0]) == 0 and iv[2]
+            top = _cmp(iv[1], cur[1])
+            if top > 0:
+                cur[1], cur[3] = iv[1], iv[3]
+            elif top == 0:
+                cur[3] = cur[3] or iv[3]
+    except TypeError:
+        return pieces, finite
+    return [("tuple", "[" if lc else "(", "]" if hc else ")", [lo, hi]) for lo, hi, lc, hc in out], rest
 
 
 def _interval_of(v):
@@ -409,25 +484,22 @@ def _name_key(v) -> str | None:
     return None
 
 
-def _unlabel(v):
-    if v[0] == "rel" and v[1] == "=" and v[4]:
-        return v[3]
-    return v
-
-
 def _eq(g, p) -> bool:
     g, p = _simplify_value(g), _simplify_value(p)
     kg, kp = g[0], p[0]
 
     if kg == "rel" or kp == "rel":
         return _eq_rel(g, p)
-    if kp == "coll" and kg != "coll" and len(p[1]) > 1 and all(_eq(p[1][0], q) for q in p[1][1:]):
-        return _eq(g, p[1][0])  # \boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}: one value twice
+    if (kg == "coll") != (kp == "coll"):
+        c = g if kg == "coll" else p
+        if 1 < len(c[1]) <= _MAX_ITEMS and all(_eq(c[1][0], q) for q in c[1][1:]):
+            # \boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}: one value twice is that value
+            return _eq(c[1][0], p) if c is g else _eq(g, c[1][0])
     if {kg, kp} == {"coll", "union"}:
         # "x < -2 or x > 2" against (-oo, -2) U (2, oo): a list of intervals is their union
         items = [_simplify_value(v) for v in (g if kg == "coll" else p)[1]]
         if items and all(v[0] == "tuple" and v[1] in "([" and len(v[3]) == 2 for v in items):
-            return _eq_coll(g[1], items) if kg == "union" else _eq_coll(items, p[1])
+            return _eq(g, ("union", items)) if kg == "union" else _eq(("union", items), p)
         return False
     if kg != kp:
         if {kg, kp} == {"matrix", "tuple"}:
@@ -448,16 +520,17 @@ def _eq(g, p) -> bool:
     if kg == "letter":
         return g[1] == p[1]
     if kg == "tuple":
-        return g[1] == p[1] and g[2] == p[2] and len(g[3]) == len(p[3]) and all(
-            _eq(a, b) for a, b in zip(g[3], p[3])
+        return (
+            g[1] == p[1]
+            and g[2] == p[2]
+            and len(g[3]) == len(p[3])
+            and all(_eq(a, b) for a, b in zip(g[3], p[3], strict=True))
         )
     if kg == "ratio":
-        return len(g[1]) == len(p[1]) and all(_eq(a, b) for a, b in zip(g[1], p[1]))
+        return len(g[1]) == len(p[1]) and all(_eq(a, b) for a, b in zip(g[1], p[1], strict=True))
     if kg == "matrix":
         a, b = g[1], p[1]
-        return a.shape == b.shape and all(
-            _scalar_equal(a[i], ExprInfo(), b[i], ExprInfo()) for i in range(len(a))
-        )
+        return a.shape == b.shape and all(_scalar_equal(a[i], ExprInfo(), b[i], ExprInfo()) for i in range(len(a)))
     if kg == "coll":
         return _eq_coll(g[1], p[1])
     if kg == "union":
@@ -465,17 +538,37 @@ def _eq(g, p) -> bool:
     return False
 
 
+_MAX_ITEMS = 64  # longer collections are compared by their text only
+
+
 def _eq_coll(gs, ps) -> bool:
-    if len(gs) != len(ps) or len(gs) > 64:
+    if max(len(gs), len(ps)) > _MAX_ITEMS:
         return False
     # named values (x = 1, y = 2) on both sides: compare by name
-    if all(v[0] == "rel" and v[1] == "=" and v[4] for v in gs + ps):
+    if len(gs) == len(ps) and all(v[0] == "rel" and v[1] == "=" and v[4] for v in gs + ps):
         gk = {_name_key(v[2]): v[3] for v in gs}
         pk = {_name_key(v[2]): v[3] for v in ps}
         if None not in gk and None not in pk and len(gk) == len(gs) and set(gk) == set(pk):
             return all(_eq(gk[k], pk[k]) for k in gk)
     gs = [_unlabel(v) for v in gs]
     ps = [_unlabel(v) for v in ps]
+    if len(gs) == len(ps) and _matched(gs, ps):
+        return True
+    # a collection is a set: an item listed twice counts once
+    dg, dp = _distinct(gs), _distinct(ps)
+    return (len(dg), len(dp)) != (len(gs), len(ps)) and len(dg) == len(dp) and _matched(dg, dp)
+
+
+def _distinct(vs):
+    out = []
+    for v in vs:
+        if not any(_eq(u, v) for u in out):
+            out.append(v)
+    return out
+
+
+def _matched(gs, ps) -> bool:
+    """Every item of ``gs`` equals a different item of ``ps`` (the lists have the same length)."""
     used = [False] * len(ps)
     for gv in gs:
         for j, pv in enumerate(ps):
@@ -553,8 +646,17 @@ def _inequalities_equal(g, p) -> bool:
 
 # -- numbers and expressions -------------------------------------------------------------------
 
-_POS_POINTS = [sympy.Rational(p) for p in ("1.3247179572447", "2.2360679774998", "1.6180339887499",
-                                            "3.1415926535898", "2.7182818284590", "1.4142135623731")]
+_POS_POINTS = [
+    sympy.Rational(p)
+    for p in (
+        "1.3247179572447",
+        "2.2360679774998",
+        "1.6180339887499",
+        "3.1415926535898",
+        "2.7182818284590",
+        "1.4142135623731",
+    )
+]
 _NEG_POINTS = [sympy.Rational(p) for p in ("-0.5772156649015", "-1.9021130325903", "-2.6651441426902")]
 _PREC = 30
 _TOL = sympy.Float("1e-20", 40)

@@ -6,8 +6,10 @@
 Every item gets at most ``timeout_s`` seconds of wall-clock time in a worker process; a worker that
 overruns (or crashes, or calls ``os._exit``) is SIGKILLed, its item scores ``None`` and a fresh worker
 takes its place. ``run_isolated`` never raises: an exception in the verifier, an unpicklable meta, a
-result that is not a finite number, all become ``None``. No signals are used, so it works from any
-thread, from async code (run it in an executor) and from inside other worker pools.
+result that is not a finite number, all become ``None``; pass ``errors=[]`` to learn why, one
+``(index, message)`` per failed item (the worker's traceback when the verifier raised, else a
+one-line reason). No signals are used, so it works from any thread, from async code (run it in an
+executor) and from inside other worker pools.
 
 Design:
 - Workers are started with the ``forkserver`` context (``spawn`` where that is unavailable), so the
@@ -21,6 +23,8 @@ Design:
 - The clock of an item starts when it is sent to a worker that is ready; start-up of a replacement
   worker is never charged to an item.
 - A child of a forked parent never touches the parent's workers: the pool is per process id.
+- One call is a ``_Batch``: it dispatches items to ready workers, collects their replies and expires
+  the workers that overran (killed and replaced), until no item is left.
 """
 
 from __future__ import annotations
@@ -30,17 +34,19 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
+import pickle
+import reprlib
 import signal
 import threading
 import time
+import traceback
 from collections import deque
-from typing import Sequence
-
-#: True inside a pool worker; verifiers use it to run locally instead of dispatching to a pool again.
-IN_WORKER = False
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 _STARTUP_TIMEOUT_S = 60.0  # a fresh worker must say "ready" within this
 _LOAD_MIN_TIMEOUT_S = 20.0  # resolving a verifier spec (imports) in a worker
+_MAX_START_FAILURES = 3  # workers of one call that may fail to start before its items are given up
 
 
 def _default_workers() -> int:
@@ -80,34 +86,53 @@ def _install_no_main_preparation() -> None:
 
 def _context():
     _install_no_main_preparation()
-    methods = mp.get_all_start_methods()
-    if "forkserver" in methods:
+    if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # Only has an effect if the fork server has not been started yet. Replacing the default
         # ['__main__'] keeps the training script (and torch) out of the fork server.
-        try:
-            ctx.set_forkserver_preload(["verifiers", "verifiers.math"])
-        except Exception:
-            pass
+        ctx.set_forkserver_preload(["verifiers", "verifiers.math"])
         return ctx
     return mp.get_context("spawn")
 
 
+# ----------------------------------------------------------------------------- the worker
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _score(fn, completion, answer, meta) -> tuple[str, object]:
+    """("ok", a finite float) or ("err", why): the traceback when ``fn`` raised."""
+    try:
+        value = fn(completion, answer, **(meta or {}))
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, MemoryError, anything: the item's
+        return "err", _traceback(exc)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        shown = f" {reprlib.repr(value)}" if isinstance(value, (str, bytes)) else ""
+        return "err", f"returned a {type(value).__name__}{shown}, not a number"
+    except BaseException as exc:  # the result's own __float__ raised
+        return "err", _traceback(exc)
+    if not math.isfinite(number):
+        return "err", f"returned {number}, not a finite number"
+    return "ok", number
+
+
 def _worker_main(conn, memory_mb: int | None) -> None:
-    global IN_WORKER
-    IN_WORKER = True
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    except Exception:
+    except (ValueError, OSError):
         pass
     if memory_mb:
-        try:
-            import resource
+        import resource
 
-            limit = int(memory_mb) * 1024 * 1024
+        limit = int(memory_mb) * 1024 * 1024
+        try:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except Exception:
-            pass
+        except (ValueError, OSError):
+            pass  # a lower hard limit is already in place
     import verifiers
 
     cache: dict = {}
@@ -117,31 +142,29 @@ def _worker_main(conn, memory_mb: int | None) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        except BaseException:
-            try:
-                conn.send(("err", None))
-            except BaseException:
+        except BaseException as exc:  # an item that does not unpickle here; the loop goes on
+            reply = ("err", "the item could not be read in the worker: " + _traceback(exc))
+        else:
+            if msg is None:
                 return
-            continue
-        if msg is None:
-            return
-        kind, spec = msg[0], msg[1]
-        try:
-            fn = cache.get(spec)
-            if fn is None:
-                fn = cache[spec] = verifiers.get(spec)
-            if kind == "load":
-                reply = ("ok", None)
-            else:
-                completion, answer, meta = msg[2], msg[3], msg[4]
-                value = float(fn(completion, answer, **(meta or {})))
-                reply = ("ok", value if math.isfinite(value) else None)
-        except BaseException:  # SystemExit, KeyboardInterrupt, MemoryError, anything
-            reply = ("err", None)
+            reply = _handle(msg, cache, verifiers)
         try:
             conn.send(reply)
-        except BaseException:
+        except (OSError, ValueError):
             return
+
+
+def _handle(msg: tuple, cache: dict, verifiers) -> tuple[str, object]:
+    kind, spec = msg[0], msg[1]
+    fn = cache.get(spec)
+    if fn is None:
+        try:
+            fn = cache[spec] = verifiers.get(spec)
+        except BaseException as exc:  # an import of the user's file may raise anything, SystemExit too
+            return "err", f"loading verifier {spec!r} failed:\n" + _traceback(exc)
+    if kind == "load":
+        return "ok", None
+    return _score(fn, msg[2], msg[3], msg[4])
 
 
 class _Worker:
@@ -149,9 +172,7 @@ class _Worker:
 
     def __init__(self, ctx, memory_mb: int | None):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child_conn, memory_mb), name=_WORKER_NAME, daemon=True
-        )
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, memory_mb), name=_WORKER_NAME, daemon=True)
         self.proc.start()
         child_conn.close()
         self.conn = parent_conn
@@ -162,23 +183,174 @@ class _Worker:
     def kill(self) -> None:
         try:
             self.proc.kill()
-        except Exception:
-            pass
-        try:
             self.proc.join(timeout=1.0)
-        except Exception:
-            pass
+        except (OSError, ValueError):
+            pass  # already gone, or already closed
         try:
             self.conn.close()
-        except Exception:
+        except OSError:
             pass
 
     def stop(self) -> None:
         try:
             self.conn.send(None)
-        except Exception:
+        except (OSError, ValueError):
             pass
         self.kill()
+
+    def died(self) -> str:
+        """A one-line reason for a worker that stopped answering."""
+        self.proc.join(0.1)  # its pipe closed as it exited: let it finish, to read its exit status
+        code = self.proc.exitcode
+        if code is None:
+            return "the worker stopped answering"
+        return f"the worker died (killed by signal {-code})" if code < 0 else f"the worker exited with status {code}"
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+@dataclass
+class _Job:
+    """What one worker of a call is doing: "start" (not ready yet), "load" (resolving the spec),
+    "run" (item ``idx``) or "idle"; ``deadline``: when it is killed if it has not answered."""
+
+    phase: str
+    idx: int | None = None
+    deadline: float = 0.0
+
+
+class _Batch:
+    """One ``Pool.run`` call: dispatch items to ready workers, collect replies, expire overruns."""
+
+    def __init__(self, pool: Pool, spec: str, items: list, timeout_s: float, workers: int):
+        self.pool, self.spec, self.items = pool, spec, items
+        self.timeout_s = timeout_s
+        self.load_timeout = max(_LOAD_MIN_TIMEOUT_S, 2 * timeout_s)
+        self.workers = workers
+        self.results: list[float | None] = [None] * len(items)
+        self.reasons: dict[int, str] = {}
+        self.pending = deque(range(len(items)))
+        self.jobs: dict[_Worker, _Job] = {}
+        self.load_error: str | None = None  # set once the spec failed to load: no item can run
+        self.start_failures = 0
+
+    def run(self) -> list[float | None]:
+        for w in self.pool._checkout(self.workers):
+            self.jobs[w] = _Job("idle") if w.ready else self._starting()
+        for w, job in list(self.jobs.items()):
+            if job.phase == "idle":
+                self._dispatch(w)
+        while self._step():
+            pass
+        self.pool._checkin(list(self.jobs))
+        for idx in self.pending:  # never sent: the spec did not load, or no worker would start
+            self.reasons.setdefault(idx, self.load_error or "no verifier worker could be started")
+        return self.results
+
+    def _starting(self) -> _Job:
+        return _Job("start", deadline=time.monotonic() + _STARTUP_TIMEOUT_S)
+
+    def _can_start(self) -> bool:
+        return bool(self.pending) and self.load_error is None and self.start_failures < _MAX_START_FAILURES
+
+    def _step(self) -> bool:
+        """Wait for the next reply or deadline and handle it; False when the call is over."""
+        busy = {w.conn: w for w, job in self.jobs.items() if job.phase != "idle"}
+        if not busy:
+            if not self._can_start():
+                return False
+            self.jobs[self.pool._new_worker()] = self._starting()  # every worker died; one more
+            return True
+        wait_s = max(0.0, min(self.jobs[w].deadline for w in busy.values()) - time.monotonic())
+        for conn in mpc.wait(list(busy), timeout=wait_s):
+            self._collect(busy[conn])
+        self._expire()
+        return True
+
+    def _dispatch(self, w: _Worker) -> None:
+        """Give the next pending item to ready worker ``w``; it goes idle when nothing is left."""
+        while self.pending and self.load_error is None:
+            idx = self.pending.popleft()
+            load = self.spec not in w.loaded
+            try:
+                if load:
+                    w.conn.send(("load", self.spec))
+                else:
+                    w.conn.send(("run", self.spec, *self.items[idx]))
+            except Exception as exc:  # pickling a user's meta can raise anything; it is that item's failure
+                self.pool.stats["errors"] += 1
+                self._fail(idx, f"could not send the item to a worker: {exc!r}")
+                if not w.proc.is_alive():
+                    self._replace(w)
+                    return
+                continue
+            timeout = self.load_timeout if load else self.timeout_s
+            self.jobs[w] = _Job("load" if load else "run", idx, time.monotonic() + timeout)
+            return
+        self.jobs[w] = _Job("idle")
+
+    def _collect(self, w: _Worker) -> None:
+        """Handle the reply of worker ``w``, then give it its next item."""
+        job = self.jobs[w]
+        try:
+            tag, value = w.conn.recv()
+        except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):  # died, or garbage
+            self.pool.stats["crashes"] += 1
+            reason = w.died()
+            if job.phase == "load":
+                self.load_error = reason = f"loading verifier {self.spec!r}: {reason}"
+            self._replace(w, reason)
+            return
+        if job.phase == "start":
+            w.ready = tag == "ready"
+        elif job.phase == "load":
+            if tag == "ok":
+                w.loaded.add(self.spec)
+                self.pending.appendleft(job.idx)
+            else:
+                self.load_error = value
+                self._fail(job.idx, value)
+        elif tag == "ok":
+            self.results[job.idx] = value
+        else:
+            self.pool.stats["errors"] += 1
+            self._fail(job.idx, value)
+        self._dispatch(w)
+
+    def _expire(self) -> None:
+        """Kill (and replace) every worker past its deadline; its item fails."""
+        now = time.monotonic()
+        for w, job in list(self.jobs.items()):
+            if job.phase == "idle" or now < job.deadline:
+                continue
+            if job.phase == "run":
+                self.pool.stats["timeouts"] += 1
+                self._replace(w, f"timed out after {self.timeout_s:g} s (the worker was killed)")
+            elif job.phase == "load":
+                self.load_error = f"loading verifier {self.spec!r} took longer than {self.load_timeout:g} s"
+                self._replace(w, self.load_error)
+            else:
+                self._replace(w)
+
+    def _replace(self, w: _Worker, reason: str | None = None) -> None:
+        """Kill ``w`` (its item, if any, fails with ``reason``) and start another if items remain."""
+        job = self.jobs.pop(w)
+        if job.phase == "start":
+            self.start_failures += 1
+        elif job.idx is not None and reason is not None:
+            self._fail(job.idx, reason)
+        w.kill()
+        if self._can_start():
+            self.jobs[self.pool._new_worker()] = self._starting()
+
+    def _fail(self, idx: int | None, reason: str) -> None:
+        if idx is not None:
+            self.results[idx] = None
+            self.reasons.setdefault(idx, reason)
+
+
+# ----------------------------------------------------------------------------- the pool
 
 
 class Pool:
@@ -193,7 +365,6 @@ class Pool:
         self._pid = os.getpid()
         self.stats = {"items": 0, "timeouts": 0, "errors": 0, "crashes": 0, "workers_started": 0}
 
-    # -- worker bookkeeping ---------------------------------------------------------------------
     def _new_worker(self) -> _Worker:
         self.stats["workers_started"] += 1
         return _Worker(self._ctx, self.memory_mb)
@@ -225,20 +396,18 @@ class Pool:
     def warm(self, n: int | None = None, spec: str | None = None) -> None:
         """Start ``n`` workers (and load ``spec`` in them) now, so the first real call is fast."""
         n = n or _default_workers()
-        items = [("", "", {})] * n if spec else []
         if spec:
-            self.run(spec, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
-                     timeout_s=_LOAD_MIN_TIMEOUT_S, workers=n)
-        else:
-            ws = self._checkout(n)
-            deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-            for w in ws:
-                if not w.ready and w.conn.poll(max(0.0, deadline - time.monotonic())):
-                    try:
-                        w.ready = w.conn.recv()[0] == "ready"
-                    except Exception:
-                        pass
-            self._checkin(ws)
+            self.run(spec, [""] * n, [""] * n, [{}] * n, timeout_s=_LOAD_MIN_TIMEOUT_S, workers=n)
+            return
+        ws = self._checkout(n)
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        for w in ws:
+            if not w.ready and w.conn.poll(max(0.0, deadline - time.monotonic())):
+                try:
+                    w.ready = w.conn.recv()[0] == "ready"
+                except (EOFError, OSError):
+                    pass
+        self._checkin(ws)
 
     def close(self) -> None:
         with self._lock:
@@ -246,117 +415,18 @@ class Pool:
         for w in ws:
             w.stop()
 
-    # -- the dispatcher ---------------------------------------------------------------------------
-    def run(self, spec, completions, answers, metas=None, *, timeout_s=1.0, workers=None):
+    def run(self, spec, completions, answers, metas=None, *, timeout_s=1.0, workers=None, errors=None):
+        """One score per item (None where it failed; ``errors`` gets ``(index, why)`` for those)."""
         n = len(completions)
-        results: list[float | None] = [None] * n
         if n == 0:
-            return results
+            return []
         metas = list(metas) if metas is not None else [{}] * n
-        timeout_s = float(timeout_s)
-        load_timeout = max(_LOAD_MIN_TIMEOUT_S, 2 * timeout_s)
-        nw = max(1, min(int(workers or _default_workers()), n))
-        pending = deque(range(n))
-        ws = self._checkout(nw)
-        # state per worker: ("start", None, deadline) | ("load", idx, deadline) | ("run", idx, deadline)
-        state: dict[_Worker, tuple] = {}
-        now = time.monotonic()
-        for w in ws:
-            state[w] = ("idle", None, 0.0) if w.ready else ("start", None, now + _STARTUP_TIMEOUT_S)
         self.stats["items"] += n
-        failed_load = False
-        start_failures = 0
-
-        def dispatch(w: _Worker) -> None:
-            # give the next pending item to a ready worker; leaves it idle when nothing is left
-            while pending:
-                idx = pending.popleft()
-                if failed_load:
-                    continue
-                try:
-                    if spec not in w.loaded:
-                        w.conn.send(("load", spec))
-                        state[w] = ("load", idx, time.monotonic() + load_timeout)
-                    else:
-                        w.conn.send(("run", spec, completions[idx], answers[idx], metas[idx]))
-                        state[w] = ("run", idx, time.monotonic() + timeout_s)
-                    return
-                except Exception:  # unpicklable item; the pipe is untouched (pickling comes first)
-                    self.stats["errors"] += 1
-                    if not w.proc.is_alive():
-                        replace(w, idx)
-                        return
-            state[w] = ("idle", None, 0.0)
-
-        def replace(w: _Worker, idx) -> None:
-            nonlocal start_failures
-            if state[w][0] == "start":
-                start_failures += 1
-            w.kill()
-            del state[w]
-            ws.remove(w)
-            if pending and not failed_load and start_failures < 3:
-                nw_ = self._new_worker()
-                ws.append(nw_)
-                state[nw_] = ("start", None, time.monotonic() + _STARTUP_TIMEOUT_S)
-
-        for w in list(ws):
-            if state[w][0] == "idle":
-                dispatch(w)
-
-        while True:
-            busy = [w for w in ws if state[w][0] != "idle"]
-            if not busy:
-                if pending and not failed_load and start_failures < 3:  # all died; start one more
-                    w = self._new_worker()
-                    ws.append(w)
-                    state[w] = ("start", None, time.monotonic() + _STARTUP_TIMEOUT_S)
-                    continue
-                break
-            next_deadline = min(state[w][2] for w in busy)
-            wait_s = max(0.0, next_deadline - time.monotonic())
-            try:
-                ready = mpc.wait([w.conn for w in busy], timeout=wait_s)
-            except Exception:
-                ready = []
-            by_conn = {w.conn: w for w in busy}
-            for conn in ready:
-                w = by_conn[conn]
-                kind, idx, _ = state[w]
-                try:
-                    tag, value = w.conn.recv()
-                except Exception:  # died (EOF) or garbage
-                    self.stats["crashes"] += 1
-                    if kind == "load":
-                        failed_load = True
-                    replace(w, idx)
-                    continue
-                if kind == "start":
-                    w.ready = tag == "ready"
-                    dispatch(w)
-                elif kind == "load":
-                    if tag == "ok":
-                        w.loaded.add(spec)
-                        pending.appendleft(idx)
-                    else:
-                        failed_load = True
-                    dispatch(w)
-                else:
-                    if tag == "ok":
-                        results[idx] = value
-                    else:
-                        self.stats["errors"] += 1
-                    dispatch(w)
-            now = time.monotonic()
-            for w in list(ws):
-                if w in state and state[w][0] != "idle" and now >= state[w][2]:
-                    kind = state[w][0]
-                    if kind == "run":
-                        self.stats["timeouts"] += 1
-                    elif kind == "load":
-                        failed_load = True
-                    replace(w, state[w][1])
-        self._checkin(ws)
+        nw = max(1, min(int(workers or _default_workers()), n))
+        batch = _Batch(self, spec, list(zip(completions, answers, metas, strict=True)), float(timeout_s), nw)
+        results = batch.run()
+        if errors is not None:
+            errors.extend(sorted(batch.reasons.items()))
         return results
 
 
@@ -383,17 +453,21 @@ def run_isolated(
     timeout_s: float = 1.0,
     workers: int | None = None,
     memory_mb: int | None = None,
+    errors: list | None = None,
 ) -> list[float | None]:
-    """Run verifier ``spec`` on every item in worker processes; ``None`` where it raised or overran."""
-    try:
-        n = len(completions)
-    except Exception:
-        return []
+    """Run verifier ``spec`` on every item in worker processes; ``None`` where it raised or overran.
+
+    ``errors``: when a list, gets one ``(index, message)`` per failed item: the worker's formatted
+    traceback when the verifier raised, else a one-line reason (timeout, crash, not a number...).
+    """
+    n = len(completions)
     try:
         return get_pool(memory_mb).run(
-            spec, list(completions), list(answers), metas, timeout_s=timeout_s, workers=workers
+            spec, list(completions), list(answers), metas, timeout_s=timeout_s, workers=workers, errors=errors
         )
-    except Exception:
+    except Exception as exc:  # the documented promise: never raise; the reason still reaches the caller
+        if errors is not None:
+            errors.extend((i, "the verifier pool failed:\n" + _traceback(exc)) for i in range(n))
         return [None] * n
 
 
@@ -401,7 +475,4 @@ def run_isolated(
 def _shutdown() -> None:
     for key, p in list(_POOLS.items()):
         if key[0] == os.getpid():
-            try:
-                p.close()
-            except Exception:
-                pass
+            p.close()

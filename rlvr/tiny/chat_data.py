@@ -80,8 +80,14 @@ def pref_rows(n: int, rng: random.Random, exclude: set[str]) -> list[dict]:
         else:
             slipped, wrong = worked(steps, rng)
             rejected = f" <think> {slipped} </think> <answer> {wrong} </answer>"
-        rows.append({"prompt": q, "chosen": f" <think> {work} </think> <answer> {ans} </answer>",
-                     "rejected": rejected, "kind": kind})
+        rows.append(
+            {
+                "prompt": q,
+                "chosen": f" <think> {work} </think> <answer> {ans} </answer>",
+                "rejected": rejected,
+                "kind": kind,
+            }
+        )
     return rows
 
 

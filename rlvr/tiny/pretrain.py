@@ -10,10 +10,19 @@ same time:
 
     python -m rlvr.tiny.pretrain --out_dir rlvr/tiny/model --device cuda --batch_seqs 128 --n_docs 1000000 --minutes 6
     python -m rlvr.tiny.pretrain --out_dir /tmp/tiny --threads 1 --minutes 15      # CPU
+
+``--task_module`` names another corpus of ``rlvr.tiny`` (one with ``task.py``'s ``problems`` and ``corpus``),
+and ``--init`` continues from a saved model, with its tokenizer, instead of starting afresh: the tool demo's
+model (``rlvr/tiny/tool_model``) is the shipped one, pre-trained further on ``rlvr.tiny.tool_task``'s corpus
+on two CPU cores (its ``pretrain_args.json`` records the command's arguments):
+
+    python -m rlvr.tiny.pretrain --task_module tool_task --init rlvr/tiny/model --out_dir rlvr/tiny/tool_model \\
+        --template_frac 0 --lr 1e-3 --threads 2 --minutes 20
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -58,17 +67,24 @@ def main(
     seed: int = 0,
     threads: int = 0,
     device: str = "cpu",
+    task_module: str = "task",
+    init: str = "",
 ):
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    test = {p["question"] for p in task.problems(500, seed + 1)}  # the held-out problems of task.main
+    source = task if task_module == "task" else importlib.import_module(f"rlvr.tiny.{task_module}")
+    test = {p["question"] for p in source.problems(500, seed + 1)}  # the held-out problems of its main()
     # Most documents carry only "User: .. Assistant:", so compute goes into the arithmetic, not into
     # re-reading the 90-token R1-Zero preamble; enough carry it for the model to continue it well.
     rng = random.Random(seed)
-    docs = task.corpus(n_docs, seed + 3, exclude=test, prompt_fn=lambda q: (
-        R1_ZERO.format(question=q) if rng.random() < template_frac else f"User: {q} Assistant:"))
-    tokenizer = build_tokenizer(docs[:20_000], vocab_size)
+    docs = source.corpus(
+        n_docs,
+        seed + 3,
+        exclude=test,
+        prompt_fn=lambda q: R1_ZERO.format(question=q) if rng.random() < template_frac else f"User: {q} Assistant:",
+    )
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(init) if init else build_tokenizer(docs[:20_000], vocab_size)
     ids = []
     for d in tokenizer(docs)["input_ids"]:
         ids.extend(d + [tokenizer.eos_token_id])
@@ -76,11 +92,19 @@ def main(
     print(f"corpus: {len(docs)} docs, {data.numel() / 1e6:.1f}M tokens, {len(ids) / len(docs):.0f} tokens/doc")
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config).to(device)
+    model = (LlamaForCausalLM.from_pretrained(init) if init else LlamaForCausalLM(config)).to(device)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator(device).manual_seed(seed)
@@ -106,10 +130,29 @@ def main(
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "pretrain_args.json").write_text(json.dumps(
-        {"n_docs": n_docs, "vocab_size": vocab_size, "hidden": hidden, "layers": layers, "heads": heads,
-         "seq_len": seq_len, "batch_seqs": batch_seqs, "lr": lr, "minutes": minutes, "template_frac": template_frac, "seed": seed, "device": device, "steps": step,
-         "final_loss": round(loss.item(), 4)}, indent=1))
+    (out / "pretrain_args.json").write_text(
+        json.dumps(
+            {
+                "n_docs": n_docs,
+                "vocab_size": vocab_size,
+                "hidden": hidden,
+                "layers": layers,
+                "heads": heads,
+                "seq_len": seq_len,
+                "batch_seqs": batch_seqs,
+                "lr": lr,
+                "minutes": minutes,
+                "template_frac": template_frac,
+                "seed": seed,
+                "device": device,
+                "steps": step,
+                "final_loss": round(loss.item(), 4),
+            }
+            | ({"task_module": task_module} if task_module != "task" else {})
+            | ({"init": init} if init else {}),
+            indent=1,
+        )
+    )
     print(f"saved to {out} after {step} steps")
 
 

@@ -18,7 +18,14 @@ import json
 import random
 from pathlib import Path
 
-PHRASINGS = ["What is {e}?", "Compute {e}.", "Calculate {e}.", "Evaluate {e}.", "Find the value of {e}.", "Work out {e}."]
+PHRASINGS = [
+    "What is {e}?",
+    "Compute {e}.",
+    "Calculate {e}.",
+    "Evaluate {e}.",
+    "Find the value of {e}.",
+    "Work out {e}.",
+]
 STYLES = ["worked_tags", "guess_tags", "worked_sentence", "guess_sentence", "worked_hash", "guess_boxed"]
 # Phrasing i prefers style i (probability 0.4); the other styles share the rest equally.
 FAVOURITE_P = 0.4

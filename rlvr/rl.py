@@ -1,0 +1,545 @@
+"""The RL stage: sample -> verify -> advantages -> loss -> step -> sync, one screen per stage. GRPO by default;
+PPO with a learned critic, RLOO, REINFORCE++, GSPO and CISPO by two config keys.
+
+    python -m rlvr.train recipes/tiny_zero.yaml                          # GRPO, the CPU demo, a few minutes
+    python -m rlvr.train recipes/tiny_zero.yaml --rl.advantage=gae --rl.critic.lr=3e-3 --rl.lam=1   # PPO
+    python -m rlvr.train recipes/tiny_ppo.yaml                           # RLHF as InstructGPT did it (CPU)
+    python -m rlvr.train recipes/r1_zero.yaml --rl.lr=1e-6               # the GPU recipe
+
+Each step draws ``prompts_per_step`` problems, samples ``samples_per_prompt`` completions of each and
+scores them with the recipe's verifiers. ``rl.advantage`` turns the rewards into advantages (group mean and
+std, leave-one-out, whitened reward-to-go, or GAE from the critic, which then learns its values beside the
+policy), and ``rl.policy_loss`` (PPO's clip, GSPO, CISPO) takes ``passes_per_step`` x
+``optimizer_steps_per_pass`` steps with the importance ratio against the sampler's own log-probabilities
+(with ``rl.tis_cap``: against the learner's own, each token weighted by the truncated learner/sampler ratio).
+The KL to the reference goes in the loss, or (``rl.kl_penalty: reward``) into every token's reward. The
+algorithm math lives in ``rlvr.algos``; the run's lifecycle (resume, signals, checkpoints, logging) in
+``rlvr.run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import traceback
+from dataclasses import dataclass
+
+import torch
+
+from rlvr import (
+    algos,
+    checkpoint as ckpt,
+    data as data_lib,
+    dist,
+    grading,
+    model as model_lib,
+    packing,
+    rewards as rewards_lib,
+)
+from rlvr.learner import Learner, micro_batches
+from rlvr.log import Tally
+from rlvr.plots import plot_run
+from rlvr.rollout import Batch, Rollout
+from rlvr.run import Run, RunStopped
+from rlvr.sampler import make_sampler
+
+
+class SamplerCrash(RuntimeError):
+    """The sampler raised; carries the batch (dataset rows and problem ids) it was generating."""
+
+    def __init__(self, step: int, rows: list[int], ids: list[str], cause: BaseException):
+        super().__init__(
+            f"the sampler failed at step {step} generating problems {ids} (train rows {rows}): "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.rows, self.ids = rows, ids
+
+
+def train(cfg) -> dict:
+    run = Run(cfg, cfg.rl, show={"reward": "reward/total", "acc": "accuracy"})
+    g, d = cfg.rl, cfg.data
+    model, tok = model_lib.load(run.model_config(cfg.model))  # the reference below stays the base model
+    ref_model = model_lib.load(cfg.model)[0].eval().requires_grad_(False) if g.beta > 0 else None
+    critic = None
+    if g.advantage in algos.ADVANTAGES_WITH_CRITIC:  # PPO: a value model learns beside the policy
+        path = run.model_config(dataclasses.replace(cfg.model, path=g.critic.path or cfg.model.path), "critic").path
+        critic = Learner.for_stage(model_lib.load_scorer(path, cfg.model.dtype)[0], cfg.deepspeed, g.critic, g.steps)
+    train_set = data_lib.load_prompt_set(d.train, d.train_split, d, tok)
+    test_set = data_lib.load_prompt_set(d.test, d.test_split, d, tok, limit=cfg.eval.problems)
+    context = getattr(model.config, "max_position_embeddings", None)
+    data_lib.check_context(
+        train_set.prompts + test_set.prompts,
+        cfg.sampler.max_new_tokens,
+        context,
+        "sampler.max_new_tokens",
+        "lower it or data.max_prompt_tokens",
+    )
+    ptx = Ptx.load(cfg, tok) if g.ptx_coef else None
+    learner = Learner.for_stage(model, cfg.deepspeed, g)
+    sampler = make_sampler(cfg.sampler, cfg.model, learner.module, tok, cfg.seed)
+    stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
+    out = run.out if run.main else None  # where the greedy evaluations save their samples
+    summary = run.begin(
+        learner,
+        tok,
+        stream,
+        {},
+        initial=lambda: {"eval_initial": greedy_eval(cfg, sampler, test_set, out, "eval_initial")},
+        others={"critic": critic} if critic else None,
+    )
+    with run:
+        for step in run.steps():
+            at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: step - 1's state
+            try:
+                batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step)
+            except SamplerCrash as e:
+                raise stopped_by(e, run, step, at_start) from e
+            metrics = rank_means(metrics)
+            if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
+                t0 = time.time()
+                sampler.sleep()
+                metrics.update(learn(learner, ref_model, batch, cfg, sampler.pad_id, step, critic, ptx))
+                sampler.wake()
+                sampler.update_weights(learner.named_parameters_for_sync())
+                metrics.update(batch_metrics(batch, metrics["perf/sample_s"], time.time() - t0, g.passes_per_step))
+            metrics["perf/step_s"] = time.time() - run.t_step
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
+                metrics.update(periodic_eval(cfg, sampler, test_set, step))
+            run.end_step(step, metrics)
+    summary["eval_final"] = greedy_eval(cfg, sampler, test_set, out, "eval_final")
+    summary = run.finish(summary)
+    if run.main:
+        plot_run(str(run.out))
+    dist.print0(f"({summary['wall_s']} s; outputs in {run.out}, curves in {run.out / 'curves.png'})")
+    return summary
+
+
+def stopped_by(e: SamplerCrash, run: Run, step: int, at_start: dict) -> RunStopped:
+    """A sampler crash ends the run with the state before the step saved, so that it can resume."""
+    traceback.print_exc()
+    prev = run.out / "checkpoints" / f"step_{step - 1}"
+    # Saving is collective: with other ranks still sampling, only a single process can save here.
+    path = prev if ckpt.is_valid(prev) or dist.world_size() > 1 else run.save(step - 1, **at_start)
+    return RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto")
+
+
+def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | None, dict]:
+    """sample -> verify -> advantages, with DAPO dynamic sampling: keep drawing prompts until
+    ``prompts_per_step`` groups have informative (not all equal) rewards, or the rounds run out."""
+    g, group_size = cfg.rl, cfg.rl.samples_per_prompt
+    kept, kept_r, seen_r, raw_all, m = [], [], [], {}, {}
+    t_sample = t_verify = 0.0
+    for round_ in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
+        need = g.prompts_per_step - int(dist.global_sum(sum(len(r) // group_size for r in kept)))
+        if need <= 0:
+            break
+        idx = dist.shard(stream.take(need))  # every rank draws the same prompts (one stream) and keeps its share
+        t0 = time.time()
+        try:
+            ro = sampler.generate(
+                [train_set.prompts[i] for i in idx],
+                group_size,
+                temperature=cfg.sampler.temperature,
+                top_p=cfg.sampler.top_p,
+                max_new_tokens=cfg.sampler.max_new_tokens,
+                seed=cfg.seed * 1_000_003 + step * 101 + round_,
+            )
+        except Exception as e:  # a crash deep in generation is useless without the batch that caused it
+            raise SamplerCrash(step, idx, [train_set.problems[i].id for i in idx], e) from e
+        t1 = time.time()
+        r, rm, raw = rewards_lib.score(
+            cfg.rewards,
+            [train_set.texts[i] for i in idx for _ in range(group_size)],
+            ro.texts,
+            [train_set.problems[i] for i in idx for _ in range(group_size)],
+            timeout_s=g.verifier_timeout_s,
+            workers=g.verifier_workers,
+        )
+        if g.overlong == "penalty":
+            lengths = torch.tensor([len(c) for c in ro.completion_ids])
+            r = r + algos.overlong_penalty(
+                lengths, cfg.sampler.max_new_tokens, g.overlong_buffer_tokens, g.overlong_penalty
+            )
+        t_sample, t_verify = t_sample + t1 - t0, t_verify + time.time() - t1
+        for k, v in rm.items():  # failures add up over rounds; means are over everything sampled
+            m[k] = m.get(k, 0.0) + v * (len(ro) if k.startswith("reward/") else 1)
+        for k, v in raw.items():
+            raw_all.setdefault(k, []).append(v)
+        seen_r.append(r)
+        keep = algos.informative_groups(r, group_size) if g.dynamic_sampling else torch.ones(len(idx), dtype=torch.bool)
+        rows = [i * group_size + j for i in range(len(idx)) if keep[i] for j in range(group_size)]
+        kept.append(ro.select(rows))
+        kept_r.append(r[rows])
+    n_seen, seen = sum(len(r) for r in seen_r), torch.cat(seen_r)
+    m = {k: (v / n_seen if k.startswith("reward/") else v) for k, v in m.items()}
+    m["reward/total"] = seen.mean().item()
+    m["reward/std_in_group"] = seen.view(-1, group_size).std(dim=1).mean().item()
+    if cfg.eval.verifier in raw_all:
+        m["accuracy"] = (torch.cat(raw_all[cfg.eval.verifier]) >= 1.0).float().mean().item()
+    rollout, r = Rollout.concat(kept), torch.cat(kept_r)
+    m.update(
+        {
+            "sampling/rounds": float(len(seen_r)),
+            "sampling/kept_groups": float(len(rollout) // group_size),
+            "perf/sample_s": t_sample,
+            "perf/verify_s": t_verify,
+        }
+    )
+    if g.dynamic_sampling and dist.world_size() > 1:
+        rollout, r = deal_groups(rollout, r, group_size)
+    if len(rollout) == 0:
+        return None, m
+    return Batch(rollout, r, group_size), m
+
+
+def deal_groups(rollout: Rollout, rewards: torch.Tensor, group_size: int) -> tuple[Rollout, torch.Tensor]:
+    """Dynamic sampling keeps a different number of groups on each rank, possibly none on one (and then
+    no rank could learn, the learner's calls being collective): every rank's kept groups, dealt out
+    again rank-strided, so the ranks' shares differ by at most one group."""
+    parts = dist.gather_objects((rollout, rewards.tolist()))
+    every, r = Rollout.concat([p[0] for p in parts]), sum((p[1] for p in parts), [])
+    rows = [i * group_size + j for i in dist.shard(range(len(every) // group_size)) for j in range(group_size)]
+    return every.select(rows), torch.tensor([r[i] for i in rows])
+
+
+def rank_means(metrics: dict) -> dict:
+    """Rollout metrics over all ranks: means of the ranks' means (equal shares), sums of counts; timings
+    stay this rank's."""
+    if dist.world_size() == 1:
+        return metrics
+    return {
+        k: dist.global_sum(v) / (1 if k.startswith(("verifier/", "sampling/kept")) else dist.world_size())
+        for k, v in sorted(metrics.items())
+        if not k.startswith("perf/")
+    } | {k: v for k, v in metrics.items() if k.startswith("perf/")}
+
+
+@dataclass
+class Targets:
+    """What the losses compare the learner (and critic) with, per token of the whole batch (B, Tc)."""
+
+    batch: Batch
+    mask: torch.Tensor  # 1.0 where the loss counts (Batch.token_mask)
+    old: torch.Tensor  # the sampler's log-probs
+    prox: torch.Tensor  # the ratio's denominator: the sampler's log-probs, or (TIS) the learner's before the step
+    adv: torch.Tensor  # advantages
+    is_weight: torch.Tensor | None = None  # TIS: min(learner / sampler probability, tis_cap)
+    ref: torch.Tensor | None = None  # the reference's log-probs, for a KL term in the loss
+    values: torch.Tensor | None = None  # the critic's, before the step
+    returns: torch.Tensor | None = None  # the critic's targets
+    kl_reward: torch.Tensor | None = None  # rl.kl_penalty: reward: the per-token KL folded into the rewards
+
+
+@dataclass
+class Ptx:
+    """InstructGPT's PPO-ptx: SFT rows (``data.ptx``) whose next-token loss, weighted by ``rl.ptx_coef``, joins
+    every optimizer step, so the policy keeps what SFT taught it. The rows of optimizer step k are read from
+    one seeded order at position k x ``rl.ptx_seqs_per_step``: nothing to checkpoint for an exact resume."""
+
+    rows: list
+    order: list[int]
+    pad_id: int
+
+    @staticmethod
+    def load(cfg, tok) -> Ptx:
+        d = cfg.data
+        examples = data_lib.encode_chats(data_lib.load_conversations(d.ptx, "train", d), tok, d)
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        return Ptx(data_lib.make_rows(examples, False, d.max_seq_tokens, cfg.seed), order, tok.pad_token_id)
+
+    def learn(self, learner, k: int, cfg, tally: Tally) -> None:
+        """Optimizer step k's share of the ptx loss: a token mean over its rows on every rank, x ptx_coef."""
+        n = cfg.rl.ptx_seqs_per_step
+        rows = [self.rows[self.order[(k * n + i) % len(self.order)]] for i in range(n)]
+        micro = [
+            (data_lib.collate([rows[i] for i in mb], self.pad_id), w)
+            for mb, w in micro_batches(list(range(n)), cfg.rl.micro_batch_seqs)
+        ]
+        tokens = dist.global_sum(sum(w * float(mb[3][:, 1:].sum()) for mb, w in micro))
+        for mb, w in micro:
+            nll, _ = learner.forward(model_lib.nll_sum, *mb)
+            learner.backward(cfg.rl.ptx_coef * nll * w / max(tokens, 1.0))
+            tally.add("ptx/loss", float(nll.detach()) * w / max(tokens, 1.0))
+
+
+def learn(
+    learner: Learner,
+    ref_model,
+    batch: Batch,
+    cfg,
+    pad_id: int,
+    step: int,
+    critic: Learner | None = None,
+    ptx: Ptx | None = None,
+) -> dict:
+    """loss -> step: passes x optimizer steps over the batch, micro-batched, exact loss normalisation; the
+    critic (``rl.advantage: gae``) learns its values beside the policy, micro-batch by micro-batch."""
+    g, B, group_size = cfg.rl, len(batch), batch.group_size
+    t = targets(learner, ref_model, critic, batch, cfg, pad_id)
+    per_opt = math.ceil(B / g.optimizer_steps_per_pass)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    tally = Tally()
+    for pass_ in range(g.passes_per_step):
+        order = torch.randperm(B // group_size, generator=gen)[:, None] * group_size + torch.arange(group_size)
+        order = order.view(-1)  # whole groups, shuffled
+        # Every rank's sequences make one loss: the denominator is global, and every rank runs as many
+        # optimizer steps and backwards as the busiest one (ZeRO reduces inside backward and step).
+        for o in range(int(dist.global_max(len(range(0, B, per_opt))))):
+            rows = order[o * per_opt : (o + 1) * per_opt]
+            denom = dist.global_sum(algos.loss_denominator(t.mask[rows], g.loss_agg))
+            tokens = dist.global_sum(float(t.mask[rows].sum()))
+            mbs = micro_batch_rows(batch, rows, g)
+            for i in range(int(dist.global_max(len(mbs)))):
+                mb, weight = (mbs[i], 1.0) if i < len(mbs) else (order[: g.micro_batch_seqs], 0.0)  # keep in step
+                learner.backward(policy_loss(learner, t, mb, weight, denom, cfg, pad_id, tally, pass_ == o == 0))
+                if critic is not None:
+                    critic.backward(critic_loss(critic, t, mb, weight, tokens, cfg, pad_id, tally))
+            if ptx is not None:  # InstructGPT's PPO-ptx: the SFT loss joins the optimizer step
+                ptx.learn(learner, (step * g.passes_per_step + pass_) * g.optimizer_steps_per_pass + o, cfg, tally)
+            grad_norm = learner.step()  # a non-finite loss or gradient on any rank: skipped (Run counts these)
+            tally.add("grad_norm", grad_norm)
+            tally.add("optimizer_steps", 1)
+            tally.add("skipped_steps", not math.isfinite(grad_norm))
+            if critic is not None:
+                tally.add("value/grad_norm", critic.step())
+    return learn_metrics(tally, t, cfg)
+
+
+def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int) -> Targets:
+    """The no-grad scoring before the update: the reference's log-probs (KL), the learner's own (TIS), the
+    critic's values, then the advantages (and the critic's returns) of the whole batch."""
+    g = cfg.rl
+    device = next(learner.module.parameters()).device
+    old, mask = batch.sampler_logprobs().to(device), batch.token_mask().to(device)
+    ref = score(lambda fn, *a, **kw: fn(ref_model, *a, **kw), batch, cfg, pad_id) if ref_model is not None else None
+    # TIS: the clip ratio is taken against the learner's own log-probs before the update, and each token
+    # weighted by min(learner / sampler probability, tis_cap), correcting for the sampler's drift (vLLM).
+    prox = score(learner.forward, batch, cfg, pad_id, collective=True) if g.tis_cap else old
+    is_weight = algos.truncated_is_weight(prox, old, g.tis_cap) if g.tis_cap else None
+    values = score(critic.forward, batch, cfg, pad_id, collective=True, values=True) if critic is not None else None
+    # InstructGPT's shaping: -beta x KL(policy that sampled || reference) on every token's reward
+    kl = algos.kl_estimate(prox, ref, g.kl_estimator) * mask if ref is not None and g.kl_penalty == "reward" else None
+    adv, returns = advantages(batch, cfg, mask, values, kl)
+    return Targets(batch, mask, old, prox, adv, is_weight, ref if g.kl_penalty == "loss" else None, values, returns, kl)
+
+
+def advantages(batch: Batch, cfg, mask: torch.Tensor, values=None, kl=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``rl.advantage``'s estimate from the batch's rewards -> advantages (B, Tc), returns (B, Tc) or None;
+    truncated completions get none with ``rl.overlong: mask`` (they teach nothing about the answer)."""
+    g = cfg.rl
+    adv, returns = algos.ADVANTAGES[g.advantage](
+        batch.rewards.to(mask.device),
+        mask,
+        group_size=batch.group_size,
+        values=values,
+        kl=kl,
+        kl_coef=g.beta if kl is not None else 0.0,
+        gamma=g.gamma,
+        lam=g.lam,
+        whiten=g.whiten_advantages,
+        reduce_sum=dist.all_reduce_sum,
+    )
+    if g.overlong == "mask":
+        adv = adv * (1.0 - torch.tensor(batch.rollout.truncated, dtype=torch.float, device=mask.device))[:, None]
+    return adv, returns
+
+
+def policy_loss(
+    learner, t: Targets, mb, weight: float, denom: float, cfg, pad_id: int, tally: Tally, first: bool
+) -> torch.Tensor:
+    """One micro-batch's share of the policy loss (rows ``mb``; ``weight`` 0 for a rank's filler), its metrics
+    added to ``tally``; ``first``: the weights are still the sampler's (the mismatch metric)."""
+    g = cfg.rl
+    logp, _, ent = logprobs(learner.forward, t.batch, mb.tolist(), cfg, pad_id, with_entropy=True)
+    w = logp.shape[1]  # this micro-batch's longest completion
+    m = t.mask[mb, :w] * weight
+    pg, clipped = algos.POLICY_LOSSES[g.policy_loss](
+        logp, t.prox[mb, :w], t.adv[mb, :w], m, clip_low=g.clip_low, clip_high=g.clip_high
+    )
+    if t.is_weight is not None:
+        pg = pg * t.is_weight[mb, :w]
+    per_tok = pg
+    if t.ref is not None:
+        kl = algos.kl_estimate(logp, t.ref[mb, :w], g.kl_estimator)
+        per_tok = per_tok + g.beta * kl
+        tally.add("kl", (kl.detach() * m).sum())
+    if g.entropy_coef:
+        per_tok = per_tok - g.entropy_coef * ent
+    max_len = cfg.sampler.max_new_tokens
+    loss = algos.masked_sum(per_tok, m, g.loss_agg, max_len) / denom
+    tally.add("loss/total", loss.detach())
+    tally.add("loss/pg", algos.masked_sum(pg.detach(), m, g.loss_agg, max_len) / denom)
+    tally.add("clip_frac", (clipped * m).sum())
+    tally.add("entropy", (ent.detach() * m).sum())
+    if first:  # weights untouched yet: learner vs sampler on the same tokens
+        tally.add("mismatch/logprob_abs", ((logp.detach() - t.old[mb, :w]).abs() * m).sum())
+        tally.add("mismatch/tokens", m.sum())
+    return loss
+
+
+def critic_loss(critic, t: Targets, mb, weight: float, tokens: float, cfg, pad_id: int, tally: Tally) -> torch.Tensor:
+    """One micro-batch's share of the critic's clipped value loss, a mean over the optimizer batch's tokens."""
+    ro = t.batch.rollout
+    v = critic.forward(
+        model_lib.completion_values,
+        [ro.prompt_ids[r] for r in mb.tolist()],
+        [ro.completion_ids[r] for r in mb.tolist()],
+        pad_id,
+    )
+    w = v.shape[1]
+    m = t.mask[mb, :w] * weight
+    per_tok, clipped = algos.value_loss(v, t.values[mb, :w], t.returns[mb, :w], m, cfg.rl.critic.value_clip or None)
+    loss = per_tok.sum() / tokens
+    tally.add("value/loss", loss.detach())
+    tally.add("value/clip_frac", (clipped * m).sum())
+    return loss
+
+
+def learn_metrics(tally: Tally, t: Targets, cfg) -> dict:
+    """A learn call's metrics: losses and gradient norms per optimizer step, token metrics per token."""
+    g = cfg.rl
+    keys = ["loss/total", "loss/pg", "clip_frac", "entropy", "mismatch/logprob_abs", "mismatch/tokens"]
+    keys += (["kl"] if t.ref is not None else []) + (["value/loss", "value/clip_frac"] if t.values is not None else [])
+    keys += ["ptx/loss"] if "ptx/loss" in tally.sums else []
+    sums = tally.sums | tally.global_sums(keys)
+    n_opt, n_tok = sums["optimizer_steps"], dist.global_sum(float(t.mask.sum()))
+    out = {
+        "loss/total": sums["loss/total"] / n_opt,
+        "loss/pg": sums["loss/pg"] / n_opt,
+        "clip_frac": sums["clip_frac"] / (n_tok * g.passes_per_step),
+        "entropy": sums["entropy"] / (n_tok * g.passes_per_step),
+        "grad_norm": sums["grad_norm"] / n_opt,
+        "mismatch/logprob_abs": sums["mismatch/logprob_abs"] / max(sums["mismatch/tokens"], 1.0),
+        "skipped_steps": sums["skipped_steps"],
+    }
+    if t.ref is not None:
+        out["kl"] = sums["kl"] / (n_tok * g.passes_per_step)
+    if t.is_weight is not None:
+        capped = (t.prox - t.old > math.log(g.tis_cap)).float()
+        out["mismatch/tis_weight"] = dist.global_sum(float((t.is_weight * t.mask).sum())) / n_tok
+        out["mismatch/tis_capped_frac"] = dist.global_sum(float((capped * t.mask).sum())) / n_tok
+    if t.values is not None:
+        out["value/loss"] = sums["value/loss"] / n_opt
+        out["value/clip_frac"] = sums["value/clip_frac"] / (n_tok * g.passes_per_step)
+        out["value/grad_norm"] = sums["value/grad_norm"] / n_opt
+        out["value/mean"] = dist.global_sum(float((t.values * t.mask).sum())) / n_tok
+        out["value/explained_variance"] = algos.explained_variance(t.values, t.returns, t.mask)  # this rank's
+    if "ptx/loss" in sums:
+        out["ptx/loss"] = sums["ptx/loss"] / n_opt
+    if t.kl_reward is not None:  # the KL each token's reward paid, before the step
+        out["kl"] = dist.global_sum(float(t.kl_reward.sum())) / n_tok
+    return out
+
+
+def logprobs(forward, batch: Batch, rows: list[int], cfg, pad_id: int, **kw):
+    """forward(fn, *args): the learner's (with gradients) or the reference's -> logp (R, W), mask[, entropy]."""
+    g, ro, group_size = cfg.rl, batch.rollout, batch.group_size
+    # Micro-batches hold whole groups when they can, so each prompt's forward is shared by its samples.
+    share = group_size if g.micro_batch_tokens or g.micro_batch_seqs % group_size == 0 else 1
+    return forward(
+        model_lib.grouped_logprobs,
+        [ro.prompt_ids[r] for r in rows],
+        [ro.completion_ids[r] for r in rows],
+        share,
+        pad_id,
+        cfg.sampler.temperature,
+        padding_free=g.padding_free,
+        share_prompt=g.share_prompt,
+        **kw,
+    )
+
+
+def micro_batch_rows(batch: Batch, rows: torch.Tensor, g) -> list[torch.Tensor]:
+    """An optimizer step's rows -> micro-batches: ``micro_batch_seqs`` rows each, or whole groups binned by
+    ``micro_batch_tokens``."""
+    if not g.micro_batch_tokens:
+        return [rows[s : s + g.micro_batch_seqs] for s in range(0, len(rows), g.micro_batch_seqs)]
+    ro, groups = batch.rollout, rows.view(-1, batch.group_size)  # a token budget over whole groups
+    lens = [[len(ro.prompt_ids[r]) + len(ro.completion_ids[r]) for r in grp.tolist()] for grp in groups]
+    if g.padding_free:  # a bin costs its tokens
+        bins = packing.pack([sum(n) for n in lens], g.micro_batch_tokens)
+    else:  # similar lengths together: a bin costs rows x its longest row
+        bins = packing.pack([max(n) for n in lens], max(g.micro_batch_tokens // batch.group_size, 1), padded=True)
+    return [groups[b].reshape(-1) for b in bins]
+
+
+def score(forward, batch: Batch, cfg, pad_id: int, collective: bool = False, values: bool = False) -> torch.Tensor:
+    """No-grad log-probabilities (or, ``values``, a critic's values) of every row (B, Tc), in the learner's
+    micro-batches. ``collective``: a learner under ZeRO-3 gathers weights in each forward, so every rank runs
+    as many."""
+    mbs, ro = micro_batch_rows(batch, torch.arange(len(batch)), cfg.rl), batch.rollout
+    out = None
+    with torch.no_grad():
+        for i in range(int(dist.global_max(len(mbs))) if collective else len(mbs)):
+            rows = mbs[min(i, len(mbs) - 1)].tolist()
+            if values:
+                lp = forward(
+                    model_lib.completion_values,
+                    [ro.prompt_ids[r] for r in rows],
+                    [ro.completion_ids[r] for r in rows],
+                    pad_id,
+                )
+            else:
+                lp = logprobs(forward, batch, rows, cfg, pad_id)[0]
+            if out is None:
+                out = torch.zeros(len(batch), max(map(len, batch.rollout.completion_ids)), device=lp.device)
+            if i < len(mbs):
+                out[rows, : lp.shape[1]] = lp
+    return out
+
+
+def batch_metrics(batch: Batch, sample_s: float, learn_s: float, passes: int) -> dict:
+    """Response lengths and the sampler's and learner's tokens per second."""
+    ro = batch.rollout
+    lens = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float)
+    gen_tokens = lens.sum().item()
+    return {
+        "perf/learn_s": learn_s,
+        "response/len": lens.mean().item(),
+        "response/len_max": lens.max().item(),
+        "response/truncated_frac": sum(ro.truncated) / len(ro),
+        "perf/sample_tokens_per_s": gen_tokens / max(sample_s, 1e-9),
+        "perf/learn_tokens_per_s": (gen_tokens + sum(map(len, ro.prompt_ids))) * passes / max(learn_s, 1e-9),
+    }
+
+
+def greedy_eval(cfg, sampler, test_set, out_dir=None, tag: str = "") -> dict:
+    """Greedy held-out accuracy (``rlvr.grading.greedy_accuracy``); with ``out_dir``, printed and its samples
+    saved to ``out_dir/TAG_samples.jsonl``."""
+    ev = grading.greedy_accuracy(
+        sampler,
+        test_set.problems,
+        test_set.prompts,
+        verifier=cfg.eval.verifier,
+        format_verifier=cfg.eval.format_verifier,
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.sampler.max_new_tokens,
+        timeout_s=cfg.rl.verifier_timeout_s,
+        batch_seqs=cfg.sampler.batch_seqs,
+        samples_path=out_dir / f"{tag}_samples.jsonl" if out_dir is not None else None,
+    )
+    if out_dir is not None:
+        print(f"{tag.replace('_', ' ')} greedy accuracy: {ev}")
+    return ev
+
+
+def periodic_eval(cfg, sampler, test_set, step: int) -> dict:
+    """Every ``eval.every_steps``: greedy accuracy, and pass@1 / pass@N of ``eval.samples`` samples."""
+    out = {f"eval/{k}": v for k, v in greedy_eval(cfg, sampler, test_set).items() if k != "n"}
+    if cfg.eval.samples:
+        n = cfg.eval.samples
+        ev = grading.evaluate_problems(
+            sampler,
+            test_set.problems,
+            test_set.prompts,
+            k=sorted({1, n}),
+            verifier=cfg.eval.verifier,
+            n=n,
+            temperature=cfg.sampler.temperature,
+            top_p=cfg.sampler.top_p,
+            max_new_tokens=cfg.eval.max_new_tokens or cfg.sampler.max_new_tokens,
+            seed=cfg.seed + step,
+            greedy=False,
+        )
+        out.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
+    return out
