@@ -164,6 +164,20 @@ class RLConfig:
 
 
 @dataclass
+class EnvConfig:
+    """Multi-turn episodes (rlvr.episodes): the model's turns and an environment's observations, e.g. a tool's
+    output, scored as a whole by the recipe's verifiers."""
+
+    # none: single-turn completions; python: the sandboxed Python tool (rlvr.episodes.PythonEnv); or a class of
+    # your own, path/to/file.py:Class or package.module:Class
+    name: str = "none"
+    max_turns: int = 4  # model turns per episode (max_turns - 1 observations at most)
+    max_turn_tokens: int = 0  # tokens per model turn (0: what is left of the episode's sampler.max_new_tokens)
+    workers: int = 0  # environment steps run at once (0: two per core)
+    options: dict = field(default_factory=dict)  # the environment class's keyword arguments, e.g. {timeout_s: 2}
+
+
+@dataclass
 class EvalConfig:
     problems: int = 200  # held-out problems scored greedily before and after training
     every_steps: int = 0  # also evaluate every N steps (0: only before and after)
@@ -265,6 +279,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0)])
     rl: RLConfig = field(default_factory=RLConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -591,6 +606,11 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
         raise ConfigError(f"{source}: rewards is empty; list at least one verifier, e.g. [{{verifier: math}}]")
     if cfg.sampler.temperature <= 0:
         raise ConfigError(f"{source}: sampler.temperature must be > 0 for RL sampling (greedy is used for eval)")
+    e = cfg.env
+    if e.max_turns < 1 or e.max_turn_tokens < 0 or e.workers < 0:
+        raise ConfigError(
+            f"{source}: env.max_turns must be >= 1, env.max_turn_tokens and env.workers >= 0 (0: their defaults)"
+        )
 
 
 def _validate_algorithm(g: RLConfig, source: str) -> None:
@@ -692,7 +712,7 @@ def _data_is_local(path: str) -> bool:
 # What each stage reads besides the shared sections (model, data, deepspeed, log and the top-level keys):
 # the printed and saved config holds only those.
 STAGE_SECTIONS = {
-    "rl": ("sampler", "rewards", "rl", "eval"),
+    "rl": ("sampler", "rewards", "rl", "env", "eval"),
     "sft": ("sampler", "sft"),
     "dpo": ("dpo",),
     "reward_model": ("reward_model",),
@@ -709,6 +729,16 @@ def to_dict(cfg) -> dict:
         for other in {sec for secs in STAGE_SECTIONS.values() for sec in secs} - own:
             out.pop(other)
     return out
+
+
+def set_where(path: str | Path | None, overrides: dict | None, key: str) -> str:
+    """Where a loaded config's ``key`` was set, for a check that needs more than this module (the environment
+    class of ``env.name``): 'FILE, line N', 'command-line override' or 'defaults'."""
+    if any(k == key or str(k).startswith(f"{key}.") for k in overrides or {}):
+        return "command-line override"
+    if path is None:
+        return "defaults"
+    return _where(str(path), key, _key_lines(Path(path).read_text()))
 
 
 def dump(cfg) -> str:

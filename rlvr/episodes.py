@@ -6,6 +6,8 @@
     eps.rollout                      # a Rollout: completion = every turn and observation after the prompt
     eps.rewards(verifier_total)      # + per-turn rewards; 0 where the environment failed
     eps.metrics()                    # env/turns, env/tool_calls, env/tool_call_frac, env/tool_errors, env/failures
+    setup = episodes.from_config(cfg.env)   # a recipe's env section: the class checked, the limits; None for none
+    eps = setup.generate(sampler, problems, prompts, 8, temperature=1.0, max_new_tokens=256)
 
 An environment is a class, made once per episode from its problem and the recipe's options, with one method:
 
@@ -47,7 +49,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import sys
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,8 @@ from pathlib import Path
 import torch
 
 import sandbox
-from rlvr import dist
+from rlvr import rewards
+from rlvr.config import ConfigError
 from rlvr.rollout import Rollout
 
 # ----------------------------------------------------------------------------- where a turn ends
@@ -235,9 +237,11 @@ def make_env(name: str, options: dict | None = None) -> Callable | None:
     """-> make(problem), an episode's environment: the class ``name`` with the recipe's ``options``; None for
     ``none`` (no environment: single-turn sampling). Checked here, before any episode: the class exists and takes
     those options (a misspelt one is named, with the nearest it takes)."""
-    if name == "none":
-        return None
-    cls, options = load_env(name), dict(options or {})
+    return None if name == "none" else _bind(load_env(name), name, options)
+
+
+def _bind(cls: type, name: str, options: dict | None) -> Callable:
+    options = dict(options or {})
     try:
         inspect.signature(cls).bind(None, **options)
     except TypeError as e:
@@ -251,6 +255,37 @@ def make_env(name: str, options: dict | None = None) -> Callable | None:
             f"environment {name!r} does not take the options {', '.join(bad) or e}; it takes {', '.join(takes)}"
         ) from None
     return functools.partial(cls, **options)
+
+
+@dataclass(frozen=True)
+class EnvSetup:
+    """An environment as the recipe's ``env`` section sets it up: how to make one per episode, and the limits."""
+
+    make: Callable
+    max_turns: int = 4
+    max_turn_tokens: int = 0
+    workers: int = 0
+
+    def generate(self, sampler, problems: list, prompts: list[list[int]], n: int, **kw) -> Episodes:
+        """``generate`` with this set-up; ``kw``: temperature, top_p, max_new_tokens, seed."""
+        limits = {"max_turns": self.max_turns, "max_turn_tokens": self.max_turn_tokens, "workers": self.workers}
+        return generate(sampler, self.make, problems, prompts, n, **limits, **kw)
+
+
+def from_config(env, where: Callable[[str], str] = lambda key: "config") -> EnvSetup | None:
+    """The ``env`` section (``rlvr.config.EnvConfig``) -> its EnvSetup, None for ``none``. A name that does not
+    load or options its class does not take are a ConfigError naming the key and ``where(key)`` it was set."""
+    if env.name == "none":
+        return None
+    try:
+        cls = load_env(env.name)
+    except Exception as e:  # a user's file may fail to import in any way: say which key points at it
+        raise ConfigError(f"{where('env.name')}: env.name: {type(e).__name__}: {e}") from None
+    try:
+        make = _bind(cls, env.name, env.options)
+    except ValueError as e:
+        raise ConfigError(f"{where('env.options')}: env.options: {e}") from None
+    return EnvSetup(make, env.max_turns, env.max_turn_tokens, env.workers)
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -389,21 +424,8 @@ def _step_all(envs: list, asked: list[tuple[int, str]], workers: int) -> list[tu
         return list(ex.map(one, asked))
 
 
-_REPORTED: set[str] = set()
-
-
 def _report_first_failure(make, message: str) -> None:
-    """Print an environment's first failure once per class, on rank 0 (``rlvr.rewards.report_first_failure``'s
-    rule): a bug in a user's environment must not hide behind a count."""
+    """An environment's first failure, printed once per class (``rlvr.rewards.report_first_failure``)."""
     cls = getattr(make, "func", make)
     name = f"{cls.__module__}.{getattr(cls, '__qualname__', cls)}"
-    if name in _REPORTED:
-        return
-    _REPORTED.add(name)
-    if dist.is_main():
-        print(
-            f"environment {name} failed; its episode scores 0 and later failures are only counted in env/failures. "
-            f"Its first failure:\n{message.rstrip()}",
-            file=sys.stderr,
-            flush=True,
-        )
+    rewards.report_first_failure(name, message, "env/failures", what="environment")

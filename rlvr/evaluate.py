@@ -4,6 +4,9 @@
     python -m rlvr.evaluate --model rlvr/tiny/model --dataset rlvr/tiny/data/test.jsonl --n 8 --k 1,4,8 \\
         --max_new_tokens 48 --limit 200 --output_dir runs/eval_tiny
     python -m rlvr.evaluate --model runs/r1/final --dataset math500 --n 16 --k 1,4,16 --backend vllm
+    # with the Python tool: each sample an episode (pass@k, maj@k; turns and tool calls per episode in samples.jsonl)
+    python -m rlvr.evaluate --model runs/r1_zero_tool/final --dataset math500 --n 4 --k 1,4 --backend vllm \\
+        --env.name python --env.max_turns 4 --env.options "{timeout_s: 5}" --max_new_tokens 3000
     # grade a JSONL of {"id", "completion"} lines from any system (no model is loaded)
     python -m rlvr.evaluate --dataset humaneval --data_path HumanEval.jsonl.gz --predictions preds.jsonl
     # grade the dataset's own reference solutions (a check of loaders and verifiers)
@@ -21,10 +24,12 @@ in a fenced block; an MBPP completion is a complete program.
 
 Scoring goes through the registered verifiers (``math``; ``code`` runs programs in the sandbox).
 Outputs in ``--output_dir``: ``samples.jsonl`` (one line per completion: id, prompt, completion,
-extracted answer, verdict, reward), ``summary.json`` (``n_problems``, ``pass@K``, ``maj@K``,
-``greedy_accuracy``, each with ``_se``, a standard error over problems; ``by_group`` for MATH-500's
-subject and level), ``pass_at_k.png``, ``accuracy_by_group.png`` where the data has groups, and a table
-on stdout. An interrupted run resumes: completions already in ``samples.jsonl`` are not generated again.
+extracted answer, verdict, reward; with ``--env.name``, an episode's turns and tool calls), ``summary.json``
+(``n_problems``, ``pass@K``, ``maj@K``, ``greedy_accuracy``, each with ``_se``, a standard error over
+problems; ``by_group`` for MATH-500's subject and level; with an environment, ``turns`` and ``tool_calls``
+per episode and ``tool_call_frac``), ``pass_at_k.png``, ``accuracy_by_group.png`` where the data has groups,
+and a table on stdout. An interrupted run resumes: completions already in ``samples.jsonl`` are not generated
+again.
 
 Flags are typed like ``rlvr.train``'s (a misspelt or ill-typed flag is an error naming the nearest
 valid one); ``python -m rlvr.evaluate eval.yaml --n 4`` reads them from a YAML file too. The sampling
@@ -33,6 +38,7 @@ and grading live in ``rlvr.grading``, which the training loop shares.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -40,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rlvr import config as config_lib, data as data_lib, grading, plots
-from rlvr.config import ConfigError
+from rlvr import config as config_lib, data as data_lib, episodes, grading, plots
+from rlvr.config import ConfigError, EnvConfig
 from rlvr.data import DataError
 
 
@@ -73,6 +79,8 @@ class EvaluateConfig:
     answer_field: str = ""
     id_field: str = ""
     plots: bool = True
+    # multi-turn episodes with a tool or environment (rlvr.episodes), as in a recipe: --env.name python
+    env: EnvConfig = field(default_factory=EnvConfig)
 
 
 def check(c: EvaluateConfig) -> None:
@@ -85,6 +93,8 @@ def check(c: EvaluateConfig) -> None:
             "give exactly one of --model PATH (generate), --predictions FILE (grade existing "
             "completions) or --grade_references (grade the dataset's reference solutions)"
         )
+    if c.env.name != "none" and not c.model:
+        raise ConfigError(f"--env.name {c.env.name} runs episodes of a model: give --model, or drop --env.name")
     if c.n < 1 or not c.k or min(c.k) < 1:
         raise ConfigError(f"--n ({c.n}) and every --k ({c.k}) must be at least 1, e.g. --n 16 --k 1,4,16")
 
@@ -95,6 +105,7 @@ def evaluate(c: EvaluateConfig) -> dict:
     from rlvr.log import prepare_output_dir, write_json_atomic
 
     check(c)
+    env = episodes.from_config(c.env, lambda key: f"--{key}")  # before loading anything: a bad class or option
     problems, spec = data_lib.load_benchmark(
         c.dataset,
         c.data_path or None,
@@ -108,7 +119,7 @@ def evaluate(c: EvaluateConfig) -> dict:
     timeout = c.timeout_s or grading.DEFAULT_TIMEOUT_S[spec["verifier"]]
     title = f"{name} - {c.model or c.predictions or 'reference solutions'}"
     if c.model:
-        summary = _generate(c, chosen, spec, out, timeout)
+        summary = _generate(c, chosen, spec, out, timeout, env)
     else:
         summary = _grade_given(c, problems, chosen, spec, out, timeout)
     summary = {"dataset": name, "model": c.model or None, "predictions": c.predictions or None, **summary}
@@ -130,8 +141,9 @@ def evaluate(c: EvaluateConfig) -> dict:
     return summary
 
 
-def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float) -> dict:
-    """Sample the model on the problems and grade; resumes the samples already in ``out/samples.jsonl``."""
+def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float, env) -> dict:
+    """Sample the model on the problems (episodes with ``env``) and grade; resumes the samples already in
+    ``out/samples.jsonl``."""
     import torch
 
     from rlvr import model as model_lib
@@ -151,6 +163,8 @@ def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float) -> d
         "seed": c.seed,
         "backend": c.backend,
     }
+    if c.env.name != "none":  # only then: samples made before environments existed still resume
+        run_info["env"] = dataclasses.asdict(c.env)
     info_path = out / "run.json"
     if (out / "samples.jsonl").exists() and info_path.exists():
         before = json.loads(info_path.read_text())
@@ -204,6 +218,7 @@ def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float) -> d
         samples_path=out / "samples.jsonl",
         batch_seqs=c.batch_seqs,
         progress=True,
+        env=env,
     )
 
 
@@ -239,6 +254,7 @@ def format_table(summary: dict, title: str = "") -> str:
         (k, summary[k], summary.get(f"{k}_se"))
         for k in summary
         if re.fullmatch(r"(pass|maj)@\d+|greedy_accuracy|mean_reward|response_tokens_mean|truncated_frac", k)
+        or k in grading.EPISODE_MEANS
     ]
     lines = [title] if title else []
     lines.append(f"{'metric':<22}{'value':>9}{'± se':>9}")

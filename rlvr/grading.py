@@ -6,7 +6,10 @@ share it; ``greedy_accuracy`` is the GRPO loop's before/after (and every-N-steps
     records = sample_and_grade(sampler, problems, prompts, n=0, greedy=True, max_new_tokens=512)
 
 A record is one graded completion: ``id``, ``sample`` (its index, or "greedy"), ``prompt``, ``completion``,
-``tokens``, ``truncated``, ``reward``, ``verdict`` (correct / wrong / error) and ``extracted`` (math).
+``tokens``, ``truncated``, ``reward``, ``verdict`` (correct / wrong / error) and ``extracted`` (math). With an
+environment (``env``, an ``rlvr.episodes.EnvSetup``) a completion is a multi-turn episode, observations included,
+and its record also has ``turns``, ``tool_calls``, ``tool_errors``, ``env_reward`` (per-turn rewards, added to
+``reward``) and ``env_failed`` (the environment raised: reward 0, wrong).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import verifiers
+from rlvr import episodes
 from rlvr.data import DataError, Problem
 from rlvr.log import read_records
 
@@ -128,6 +132,8 @@ def summarize(problems: list[Problem], records: list[dict], ks, verifier: str, g
     )
     if flat:
         summary["mean_reward"] = sum(r["reward"] or 0.0 for r in flat) / len(flat)
+    if flat and "turns" in flat[0]:  # episodes with an environment
+        summary |= episode_means(flat)
     lens = [r["tokens"] for r in flat if r.get("tokens") is not None]
     if lens:
         summary["response_tokens_mean"] = sum(lens) / len(lens)
@@ -192,8 +198,10 @@ def sample_and_grade(
     samples_path: str | Path | None = None,
     batch_seqs: int = 256,
     progress: bool = False,
+    env: episodes.EnvSetup | None = None,
 ) -> list[dict]:
-    """Sample ``n`` completions of each prompt (and, with ``greedy``, a greedy one) and grade them -> records.
+    """Sample ``n`` completions of each prompt (and, with ``greedy``, a greedy one) and grade them -> records;
+    with ``env``, episodes.
 
     ``samples_path``: per-sample JSONL, appended as batches finish; completions already there are not
     generated again (an interrupted evaluation resumes)."""
@@ -215,28 +223,23 @@ def sample_and_grade(
     )
     try:
         for idx, m, is_greedy in jobs:
-            # a seed per batch that does not depend on what an earlier run finished, for reproducible resumes
-            ro = sampler.generate(
+            new = _sample(
+                sampler,
+                env,
+                [problems[i] for i in idx],
                 [prompts[i] for i in idx],
                 m,
+                "greedy" if is_greedy else n - m,
+                [prompt_texts[i] for i in idx] if prompt_texts else None,
                 temperature=0.0 if is_greedy else temperature,
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
+                # a seed per batch that does not depend on what an earlier run finished, for reproducible resumes
                 seed=seed * 1_000_003 + idx[0] * 31 + m,
             )
-            new = [
-                {
-                    "id": problems[i].id,
-                    "sample": "greedy" if is_greedy else n - m + s,
-                    "prompt": prompt_texts[i] if prompt_texts else None,
-                    "completion": ro.texts[j * m + s],
-                    "tokens": len(ro.completion_ids[j * m + s]),
-                    "truncated": bool(ro.truncated[j * m + s]) if ro.truncated else None,
-                }
-                for j, i in enumerate(idx)
-                for s in range(m)
-            ]
             grade(new, by_id, verifier, timeout_s)
+            if env is not None:
+                _score_episodes(new)
             records += new
             if out:
                 out.write("".join(json.dumps(r) + "\n" for r in new))
@@ -250,6 +253,63 @@ def sample_and_grade(
     if greedy and samples_are_greedy:
         records += [dict(r, sample="greedy") for r in records if r["sample"] == 0]
     return records
+
+
+def _sample(sampler, env, problems: list[Problem], prompts: list[list[int]], m: int, first, texts, **kw) -> list[dict]:
+    """``m`` completions of each prompt (episodes with ``env``) -> ungraded records, numbered from ``first`` (or
+    all "greedy"); ``texts``: the prompts' text, or None."""
+    if env is None:
+        ro, eps = sampler.generate(prompts, m, **kw), None
+    else:
+        eps = env.generate(sampler, problems, prompts, m, **kw)
+        ro = eps.rollout
+    records = []
+    for row in range(len(ro)):
+        j, s = divmod(row, m)
+        records.append(
+            {
+                "id": problems[j].id,
+                "sample": first if first == "greedy" else first + s,
+                "prompt": texts[j] if texts else None,
+                "completion": ro.texts[row],
+                "tokens": len(ro.completion_ids[row]),
+                "truncated": bool(ro.truncated[row]) if ro.truncated else None,
+            }
+        )
+        if eps is not None:
+            records[-1] |= {
+                "turns": eps.turns[row],
+                "tool_calls": eps.tool_calls[row],
+                "tool_errors": eps.tool_errors[row],
+                "env_reward": eps.env_reward[row],
+                "env_failed": eps.failed[row],
+            }
+    return records
+
+
+def _score_episodes(records: list[dict]) -> None:
+    """Graded episodes' records, in place: plus their per-turn rewards; reward 0 and wrong where the environment
+    failed (``rlvr.episodes.Episodes.rewards``'s rule)."""
+    for r in records:
+        if r["env_failed"]:
+            r["reward"], r["verdict"] = 0.0, "wrong"
+        elif r["reward"] is not None:
+            r["reward"] += r["env_reward"]
+
+
+EPISODE_MEANS = ("turns", "tool_calls", "tool_call_frac")  # per episode, of episode_means
+
+
+def episode_means(records: list[dict]) -> dict:
+    """Episodes' records -> ``turns``, ``tool_calls`` (means per episode), ``tool_call_frac`` (the share that
+    called the tool) and ``env_failures`` (a count)."""
+    n = len(records)
+    return {
+        "turns": sum(r["turns"] for r in records) / n,
+        "tool_calls": sum(r["tool_calls"] for r in records) / n,
+        "tool_call_frac": sum(r["tool_calls"] > 0 for r in records) / n,
+        "env_failures": sum(r["env_failed"] for r in records),
+    }
 
 
 def _jobs(problems: list[Problem], records: list[dict], n: int, greedy: bool, batch_seqs: int):
@@ -281,10 +341,12 @@ def greedy_accuracy(
     timeout_s: float,
     batch_seqs: int = 256,
     samples_path: Path | None = None,
+    env: episodes.EnvSetup | None = None,
 ) -> dict:
     """Greedy accuracy on held-out problems: ``accuracy``, a right answer in the rewarded format (the
     ``format_verifier`` passes too; "" to count the answer alone); ``accuracy_any_format``, a right final
-    answer in whatever form the completion gives it; ``n``. ``samples_path``: the completions and verdicts."""
+    answer in whatever form the completion gives it; ``n``; with ``env``, of episodes, and ``episode_means``.
+    ``samples_path``: the completions and verdicts (and each episode's turns and tool calls)."""
     records = sample_and_grade(
         sampler,
         problems,
@@ -294,6 +356,7 @@ def greedy_accuracy(
         max_new_tokens=max_new_tokens,
         timeout_s=timeout_s,
         batch_seqs=batch_seqs,
+        env=env,
     )
     right = [r["verdict"] == "correct" for r in records]
     fmt = [True] * len(records)
@@ -318,9 +381,11 @@ def greedy_accuracy(
                             "completion": r["completion"],
                             "correct": ok,
                             "format": fo,
+                            **{k: r[k] for k in ("turns", "tool_calls", "tool_errors", "env_failed") if k in r},
                         }
                     )
                     + "\n"
                 )
     n = len(problems)
-    return {"accuracy": sum(r and f for r, f in zip(right, fmt)) / n, "accuracy_any_format": sum(right) / n, "n": n}
+    out = {"accuracy": sum(r and f for r, f in zip(right, fmt)) / n, "accuracy_any_format": sum(right) / n, "n": n}
+    return out | (episode_means(records) if env is not None else {})

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from rlvr.data import DataError
+from rlvr.grading import EPISODE_MEANS
 from rlvr.log import read_records
 
 
@@ -84,8 +85,9 @@ def plot_groups(summary: dict, path: Path, title: str = "") -> Path | None:
 
 
 def plot_run(run_dir: str, path: str | None = None) -> str:
-    """Reward, accuracy and response-length curves of a training run's ``metrics.jsonl`` -> a PNG
-    (``RUN_DIR/curves.png`` unless ``path``). Raw values are drawn faint under a moving average."""
+    """Reward, accuracy and response-length curves of a training run's ``metrics.jsonl`` (and, for episodes with an
+    environment, turns and tool calls per episode) -> a PNG (``RUN_DIR/curves.png`` unless ``path``). Raw values
+    are drawn faint under a moving average."""
     run = Path(run_dir).expanduser()
     rows = read_records(run / "metrics.jsonl")
     if not rows:
@@ -98,8 +100,11 @@ def plot_run(run_dir: str, path: str | None = None) -> str:
         ),
         ("response length (tokens)", lambda k: k in ("response/len", "response/len_max")),
     ]
+    if any("env/turns" in r or "eval/turns" in r for r in rows):
+        # env/* of the sampled episodes, eval/* of the greedy ones
+        panels.append(("episodes: turns, tool calls (per episode)", lambda k: k.split("/")[-1] in EPISODE_MEANS))
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (name, want) in zip(axes, panels):
         keys = sorted({k for r in rows for k in r if want(k)})
         for i, key in enumerate(keys):

@@ -92,16 +92,16 @@ def score(
 _REPORTED: set[str] = set()
 
 
-def report_first_failure(name: str, message: str) -> None:
-    """Print a verifier's first failure (its traceback, when it raised) once per name, on rank 0: a bug in
-    a user's reward function must not hide behind a failure count."""
+def report_first_failure(name: str, message: str, counted_in: str = "", what: str = "verifier") -> None:
+    """Print the first failure of a verifier or an environment (its traceback, when it raised) once per name, on
+    rank 0: a bug in a user's reward function or environment must not hide behind a failure count."""
     if name in _REPORTED:
         return
     _REPORTED.add(name)
     if dist.is_main():
         print(
-            f"verifier {name!r} failed; it scores 0 and later failures are only counted in "
-            f"verifier/{name}_failures. Its first failure:\n{message.rstrip()}",
+            f"{what} {name!r} failed; it scores 0 and later failures are only counted in "
+            f"{counted_in or f'verifier/{name}_failures'}. Its first failure:\n{message.rstrip()}",
             file=sys.stderr,
             flush=True,
         )

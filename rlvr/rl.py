@@ -5,13 +5,17 @@ PPO with a learned critic, RLOO, REINFORCE++, GSPO and CISPO by two config keys.
     python -m rlvr.train recipes/tiny_zero.yaml --rl.advantage=gae --rl.critic.lr=3e-3 --rl.lam=1   # PPO
     python -m rlvr.train recipes/tiny_ppo.yaml                           # RLHF as InstructGPT did it (CPU)
     python -m rlvr.train recipes/r1_zero.yaml --rl.lr=1e-6               # the GPU recipe
+    python -m rlvr.train recipes/tiny_tool.yaml                          # episodes with a Python tool (CPU)
 
 Each step draws ``prompts_per_step`` problems, samples ``samples_per_prompt`` completions of each and
-scores them with the recipe's verifiers. ``rl.advantage`` turns the rewards into advantages (group mean and
-std, leave-one-out, whitened reward-to-go, or GAE from the critic, which then learns its values beside the
-policy), and ``rl.policy_loss`` (PPO's clip, GSPO, CISPO) takes ``passes_per_step`` x
-``optimizer_steps_per_pass`` steps with the importance ratio against the sampler's own log-probabilities
-(with ``rl.tis_cap``: against the learner's own, each token weighted by the truncated learner/sampler ratio).
+scores them with the recipe's verifiers; with an environment (``env.name``: ``python``, the sandboxed tool, or a
+class of yours; ``rlvr.episodes``) a sample is a multi-turn episode of model turns and observations, the
+observations masked out of the loss, per-turn rewards added to the verifiers'. ``rl.advantage`` turns the
+rewards into advantages (group mean and std, leave-one-out, whitened reward-to-go, or GAE from the critic,
+which then learns its values beside the policy), and ``rl.policy_loss`` (PPO's clip, GSPO, CISPO) takes
+``passes_per_step`` x ``optimizer_steps_per_pass`` steps with the importance ratio against the sampler's own
+log-probabilities (with ``rl.tis_cap``: against the learner's own, each token weighted by the truncated
+learner/sampler ratio).
 The KL to the reference goes in the loss, or (``rl.kl_penalty: reward``) into every token's reward. The
 algorithm math lives in ``rlvr.algos``; the run's lifecycle (resume, signals, checkpoints, logging) in
 ``rlvr.run``.
@@ -32,6 +36,7 @@ from rlvr import (
     checkpoint as ckpt,
     data as data_lib,
     dist,
+    episodes,
     grading,
     model as model_lib,
     packing,
@@ -76,6 +81,7 @@ def train(cfg) -> dict:
         "lower it or data.max_prompt_tokens",
     )
     ptx = Ptx.load(cfg, tok) if g.ptx_coef else None
+    env = episodes.from_config(cfg.env)  # None: single-turn completions
     learner = Learner.for_stage(model, cfg.deepspeed, g)
     sampler = make_sampler(cfg.sampler, cfg.model, learner.module, tok, cfg.seed)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
@@ -85,14 +91,14 @@ def train(cfg) -> dict:
         tok,
         stream,
         {},
-        initial=lambda: {"eval_initial": greedy_eval(cfg, sampler, test_set, out, "eval_initial")},
+        initial=lambda: {"eval_initial": greedy_eval(cfg, sampler, test_set, out, "eval_initial", env)},
         others={"critic": critic} if critic else None,
     )
     with run:
         for step in run.steps():
             at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: step - 1's state
             try:
-                batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step)
+                batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
             except SamplerCrash as e:
                 raise stopped_by(e, run, step, at_start) from e
             metrics = rank_means(metrics)
@@ -105,9 +111,9 @@ def train(cfg) -> dict:
                 metrics.update(batch_metrics(batch, metrics["perf/sample_s"], time.time() - t0, g.passes_per_step))
             metrics["perf/step_s"] = time.time() - run.t_step
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
-                metrics.update(periodic_eval(cfg, sampler, test_set, step))
+                metrics.update(periodic_eval(cfg, sampler, test_set, step, env))
             run.end_step(step, metrics)
-    summary["eval_final"] = greedy_eval(cfg, sampler, test_set, out, "eval_final")
+    summary["eval_final"] = greedy_eval(cfg, sampler, test_set, out, "eval_final", env)
     summary = run.finish(summary)
     if run.main:
         plot_run(str(run.out))
@@ -124,10 +130,12 @@ def stopped_by(e: SamplerCrash, run: Run, step: int, at_start: dict) -> RunStopp
     return RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto")
 
 
-def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | None, dict]:
+def sample_and_score(cfg, sampler, stream, train_set, step, env=None) -> tuple[Batch | None, dict]:
     """sample -> verify -> advantages, with DAPO dynamic sampling: keep drawing prompts until
-    ``prompts_per_step`` groups have informative (not all equal) rewards, or the rounds run out."""
+    ``prompts_per_step`` groups have informative (not all equal) rewards, or the rounds run out. ``env`` (an
+    ``episodes.EnvSetup``; default: the recipe's ``env``): each sample is a multi-turn episode."""
     g, group_size = cfg.rl, cfg.rl.samples_per_prompt
+    env = env if env is not None else episodes.from_config(cfg.env)
     kept, kept_r, seen_r, raw_all, m = [], [], [], {}, {}
     t_sample = t_verify = 0.0
     for round_ in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
@@ -136,17 +144,7 @@ def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | Non
             break
         idx = dist.shard(stream.take(need))  # every rank draws the same prompts (one stream) and keeps its share
         t0 = time.time()
-        try:
-            ro = sampler.generate(
-                [train_set.prompts[i] for i in idx],
-                group_size,
-                temperature=cfg.sampler.temperature,
-                top_p=cfg.sampler.top_p,
-                max_new_tokens=cfg.sampler.max_new_tokens,
-                seed=cfg.seed * 1_000_003 + step * 101 + round_,
-            )
-        except Exception as e:  # a crash deep in generation is useless without the batch that caused it
-            raise SamplerCrash(step, idx, [train_set.problems[i].id for i in idx], e) from e
+        ro, eps = sample_round(cfg, sampler, env, train_set, idx, cfg.seed * 1_000_003 + step * 101 + round_, step)
         t1 = time.time()
         r, rm, raw = rewards_lib.score(
             cfg.rewards,
@@ -156,6 +154,8 @@ def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | Non
             timeout_s=g.verifier_timeout_s,
             workers=g.verifier_workers,
         )
+        if eps is not None:  # per-turn rewards; 0 where the environment failed
+            r, rm = eps.rewards(r), rm | eps.metrics()
         if g.overlong == "penalty":
             lengths = torch.tensor([len(c) for c in ro.completion_ids])
             r = r + algos.overlong_penalty(
@@ -163,7 +163,7 @@ def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | Non
             )
         t_sample, t_verify = t_sample + t1 - t0, t_verify + time.time() - t1
         for k, v in rm.items():  # failures add up over rounds; means are over everything sampled
-            m[k] = m.get(k, 0.0) + v * (len(ro) if k.startswith("reward/") else 1)
+            m[k] = m.get(k, 0.0) + v * (len(ro) if k.startswith(ROUND_MEANS) else 1)
         for k, v in raw.items():
             raw_all.setdefault(k, []).append(v)
         seen_r.append(r)
@@ -172,7 +172,7 @@ def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | Non
         kept.append(ro.select(rows))
         kept_r.append(r[rows])
     n_seen, seen = sum(len(r) for r in seen_r), torch.cat(seen_r)
-    m = {k: (v / n_seen if k.startswith("reward/") else v) for k, v in m.items()}
+    m = {k: (v / n_seen if k.startswith(ROUND_MEANS) else v) for k, v in m.items()}
     m["reward/total"] = seen.mean().item()
     m["reward/std_in_group"] = seen.view(-1, group_size).std(dim=1).mean().item()
     if cfg.eval.verifier in raw_all:
@@ -193,6 +193,26 @@ def sample_and_score(cfg, sampler, stream, train_set, step) -> tuple[Batch | Non
     return Batch(rollout, r, group_size), m
 
 
+# Metrics that are means over a round's samples (the rest are counts): weighted by its samples over rounds.
+ROUND_MEANS = ("reward/", "env/turns", "env/tool_calls", "env/tool_call_frac", "env/tool_errors")
+
+
+def sample_round(cfg, sampler, env, train_set, idx: list[int], seed: int, step: int):
+    """``samples_per_prompt`` completions of each of the rows ``idx`` -> (Rollout, None), or with ``env`` episodes
+    -> (their Rollout, Episodes). A crash is a SamplerCrash naming the batch."""
+    kw = {"temperature": cfg.sampler.temperature, "top_p": cfg.sampler.top_p, "seed": seed}
+    n, prompts = cfg.rl.samples_per_prompt, [train_set.prompts[i] for i in idx]
+    try:
+        if env is None:
+            return sampler.generate(prompts, n, max_new_tokens=cfg.sampler.max_new_tokens, **kw), None
+        eps = env.generate(
+            sampler, [train_set.problems[i] for i in idx], prompts, n, max_new_tokens=cfg.sampler.max_new_tokens, **kw
+        )
+        return eps.rollout, eps
+    except Exception as e:  # a crash deep in generation is useless without the batch that caused it
+        raise SamplerCrash(step, idx, [train_set.problems[i].id for i in idx], e) from e
+
+
 def deal_groups(rollout: Rollout, rewards: torch.Tensor, group_size: int) -> tuple[Rollout, torch.Tensor]:
     """Dynamic sampling keeps a different number of groups on each rank, possibly none on one (and then
     no rank could learn, the learner's calls being collective): every rank's kept groups, dealt out
@@ -209,7 +229,8 @@ def rank_means(metrics: dict) -> dict:
     if dist.world_size() == 1:
         return metrics
     return {
-        k: dist.global_sum(v) / (1 if k.startswith(("verifier/", "sampling/kept")) else dist.world_size())
+        k: dist.global_sum(v)
+        / (1 if k.startswith(("verifier/", "sampling/kept", "env/failures")) else dist.world_size())
         for k, v in sorted(metrics.items())
         if not k.startswith("perf/")
     } | {k: v for k, v in metrics.items() if k.startswith("perf/")}
@@ -504,9 +525,9 @@ def batch_metrics(batch: Batch, sample_s: float, learn_s: float, passes: int) ->
     }
 
 
-def greedy_eval(cfg, sampler, test_set, out_dir=None, tag: str = "") -> dict:
-    """Greedy held-out accuracy (``rlvr.grading.greedy_accuracy``); with ``out_dir``, printed and its samples
-    saved to ``out_dir/TAG_samples.jsonl``."""
+def greedy_eval(cfg, sampler, test_set, out_dir=None, tag: str = "", env=None) -> dict:
+    """Greedy held-out accuracy (``rlvr.grading.greedy_accuracy``), of episodes with ``env``; with ``out_dir``,
+    printed and its samples saved to ``out_dir/TAG_samples.jsonl``."""
     ev = grading.greedy_accuracy(
         sampler,
         test_set.problems,
@@ -517,15 +538,17 @@ def greedy_eval(cfg, sampler, test_set, out_dir=None, tag: str = "") -> dict:
         timeout_s=cfg.rl.verifier_timeout_s,
         batch_seqs=cfg.sampler.batch_seqs,
         samples_path=out_dir / f"{tag}_samples.jsonl" if out_dir is not None else None,
+        env=env,
     )
     if out_dir is not None:
         print(f"{tag.replace('_', ' ')} greedy accuracy: {ev}")
     return ev
 
 
-def periodic_eval(cfg, sampler, test_set, step: int) -> dict:
-    """Every ``eval.every_steps``: greedy accuracy, and pass@1 / pass@N of ``eval.samples`` samples."""
-    out = {f"eval/{k}": v for k, v in greedy_eval(cfg, sampler, test_set).items() if k != "n"}
+def periodic_eval(cfg, sampler, test_set, step: int, env=None) -> dict:
+    """Every ``eval.every_steps``: greedy accuracy, and pass@1 / pass@N of ``eval.samples`` samples (episodes
+    with ``env``)."""
+    out = {f"eval/{k}": v for k, v in greedy_eval(cfg, sampler, test_set, env=env).items() if k != "n"}
     if cfg.eval.samples:
         n = cfg.eval.samples
         ev = grading.evaluate_problems(
@@ -540,6 +563,8 @@ def periodic_eval(cfg, sampler, test_set, step: int) -> dict:
             max_new_tokens=cfg.eval.max_new_tokens or cfg.sampler.max_new_tokens,
             seed=cfg.seed + step,
             greedy=False,
+            env=env,
         )
-        out.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)})
+        # pass@k and maj@k; the episodes' turns and tool calls stay the greedy ones (env/* has the sampled ones)
+        out.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, float) and f"eval/{k}" not in out})
     return out

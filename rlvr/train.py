@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from rlvr.checkpoint import CheckpointError
-from rlvr.config import ConfigError, load_config, parse_cli
+from rlvr.config import ConfigError, load_config, parse_cli, set_where
 from rlvr.data import DataError
 from rlvr.model import ModelError
 from rlvr.run import RunStopped
@@ -27,7 +27,11 @@ SAME_ON_EVERY_RANK = (ConfigError, DataError, ModelError, CheckpointError, RunSt
 def run(recipe: str, **overrides):
     cfg = load_config(recipe, overrides)
     if cfg.stage == "rl":
+        from rlvr import episodes
         from rlvr.rl import train
+
+        # the environment's class and options, checked before minutes of loading: a bad one names its key
+        episodes.from_config(cfg.env, lambda key: set_where(recipe, overrides, key))
     elif cfg.stage == "sft":
         from rlvr.sft import train
     elif cfg.stage == "dpo":

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY_DATA, TINY_MODEL
 
+from rlvr import episodes, train as train_cli
 from rlvr.config import Config, ConfigError, _key_lines, dump, load_config, parse_cli
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -20,6 +21,7 @@ def test_every_recipe_loads_and_validates(recipe):
     chained = {k: str(TINY_MODEL) for k in keys if str(_get(raw, k)).startswith("runs/")}
     cfg = load_config(recipe, chained)
     assert cfg.output_dir == f"runs/{recipe.stem}", "a recipe writes to runs/<its name>"
+    episodes.from_config(cfg.env)  # its environment's class and options, as rlvr.train checks them
 
 
 def _get(tree: dict, dotted: str):
@@ -192,12 +194,29 @@ def test_local_paths_are_checked_at_load_naming_the_line(tmp_path):
 
 def test_the_saved_config_holds_the_running_stage_and_the_shared_sections():
     rl = yaml.safe_load(dump(load_config(None, {"rl.lr": 3e-4})))
-    assert {"model", "data", "sampler", "rewards", "rl", "eval", "deepspeed", "log"} <= set(rl)
+    assert {"model", "data", "sampler", "rewards", "rl", "env", "eval", "deepspeed", "log"} <= set(rl)
     assert not {"sft", "dpo", "reward_model"} & set(rl) and rl["rl"]["lr"] == 3e-4
     sft = yaml.safe_load(dump(load_config(None, {"stage": "sft"})))
-    assert "sft" in sft and not {"rl", "rewards", "eval", "dpo", "reward_model"} & set(sft)
+    assert "sft" in sft and not {"rl", "rewards", "env", "eval", "dpo", "reward_model"} & set(sft)
     rm = load_config(None, {"rewards": "[{verifier: reward_model}]", "reward_model.scorer": str(TINY_MODEL)})
     assert yaml.safe_load(dump(rm))["reward_model"]["scorer"] == str(TINY_MODEL)  # the GRPO run reads its scorer
+
+
+def test_the_env_section_is_checked_at_load_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"line 3: unknown key 'env.max_turn'; did you mean 'env.max_turns'"):
+        load_config(write(tmp_path, "env:\n  name: python\n  max_turn: 3\n"))
+    with pytest.raises(ConfigError, match="env.max_turns must be >= 1"):
+        load_config(None, {"env.max_turns": 0})
+    # The class and its options, by rlvr.train before anything loads: the key, and the line or the flag that set it
+    p = write(tmp_path, "output_dir: x\nenv:\n  name: python\n  options: {timeot_s: 2}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml, line 4: env.options: .*timeot_s \(did you mean timeout_s\?\)"):
+        train_cli.run(str(p))
+    with pytest.raises(ConfigError, match=r"command-line override: env.name: .*unknown environment 'pyhton'"):
+        train_cli.run(str(p), **{"env.name": "pyhton"})
+    saved = yaml.safe_load(dump(load_config(p, {"env.options": "{timeout_s: 2}"})))["env"]
+    assert saved == {"name": "python", "max_turns": 4, "max_turn_tokens": 0, "workers": 0, "options": {"timeout_s": 2}}
+    with pytest.raises(ConfigError, match=r"r.yaml, line 3: env.name: .*missing.py' does not exist"):
+        train_cli.run(str(write(tmp_path, f"env:\n  options: {{}}\n  name: {tmp_path}/missing.py:Env\n")))
 
 
 def test_command_line_words():

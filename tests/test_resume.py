@@ -46,11 +46,11 @@ TINY = {
 }
 
 
-def cli(out: Path, *extra: str, crash_at: str = "") -> subprocess.CompletedProcess:
+def cli(out: Path, *extra: str, crash_at: str = "", recipe: Path = RECIPE) -> subprocess.CompletedProcess:
     args = [f"--{k}={v}" for k, v in {**TINY, "output_dir": str(out)}.items()] + list(extra)
     env = {**os.environ, "RLVR_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "rlvr.train", str(RECIPE), *args],
+        [sys.executable, "-m", "rlvr.train", str(recipe), *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -102,6 +102,26 @@ def test_ppo_with_its_critic_resumes_after_sigkill_bit_for_bit(tmp_path):
     assert all(r["value/loss"] > 0 for r in metrics(ref))
     critic = "final_critic/model.safetensors"
     assert (out / critic).read_bytes() == (ref / critic).read_bytes()
+
+
+def test_episodes_with_the_python_tool_resume_after_sigkill_bit_for_bit(tmp_path):
+    """The tool demo (recipes/tiny_tool.yaml: the python environment, its sandbox runs' output in the episodes,
+    masked) killed mid-step and resumed equals the uninterrupted run, metrics and weights."""
+    tool = {
+        "model.path": str(TINY_MODEL.parent / "tool_model"),
+        "data.train": str(TINY_DATA / "tool_train.jsonl"),
+        "data.test": str(TINY_DATA / "tool_test.jsonl"),
+        "sampler.max_new_tokens": 96,  # a call, its output and the answer
+        "eval.every_steps": 0,
+        "env.options": "{timeout_s: 30}",  # far from any run's time: a timeout would be a different observation
+    }
+    recipe, ref, out = REPO / "recipes" / "tiny_tool.yaml", tmp_path / "ref", tmp_path / "run"
+    train(load_config(recipe, {**TINY, **tool, "output_dir": str(ref)}))
+    killed = cli(out, *[f"--{k}={v}" for k, v in tool.items()], crash_at="step3", recipe=recipe)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    train(load_config(recipe, {**TINY, **tool, "output_dir": str(out), "resume": "auto"}))
+    assert_same_run(out, ref)
+    assert all(r["env/tool_calls"] > 0 for r in metrics(ref))
 
 
 def test_sigkill_during_checkpoint_write_resumes_from_previous_one(uninterrupted, tmp_path, capsys):
