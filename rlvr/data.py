@@ -277,34 +277,37 @@ def load_benchmark(
             f"{', '.join(first)}); name it with --question_field"
         )
 
-    problems = []
-    for i, (where, row) in enumerate(rows):
-        meta = dict(row)
-        if "test_list" in meta:
-            if dataset == "mbpp" and int(meta["task_id"]) not in MBPP_TEST_IDS:
-                continue
-            for key in ("test_list", "challenge_test_list"):  # some copies store the lists as Python literals
-                if isinstance(meta.get(key), str):
-                    meta[key] = ast.literal_eval(meta[key])
-            # MBPP's published numbers use test_list only; the code verifier would add the challenge tests.
-            meta.pop("challenge_test_list", None)
-        for key in (spec["question"], spec["answer"], spec["id"]):
-            if key is not None and row.get(key) is None:
-                raise DataError(f"{where}: row has no '{key}' field (it has: {', '.join(row)})")
-        question = str(row[spec["question"]])
-        if "test_list" in meta and spec["question"] == "text":  # MBPP's standard prompt shows the tests
-            question = f"{question}\nYour code should pass these tests:\n\n" + "\n".join(meta["test_list"]) + "\n"
-        answer = parse_answer(row[spec["answer"]], "auto") if spec["answer"] else ""
-        if spec["name"] == "aime24":  # "025": an integer written with leading zeros
-            answer = str(int(answer))
-        pid = str(row[spec["id"]]) if spec["id"] else str(i)
-        problems.append(Problem(question, answer, meta, pid))
+    problems = [p for i, (where, row) in enumerate(rows) if (p := _benchmark_problem(i, where, row, spec, dataset))]
     if len({p.id for p in problems}) != len(problems):
         raise DataError(
             f"{data_path or dataset}: problem ids ({spec['id'] or 'row index'}) are not unique; "
             f"name a unique field with --id_field"
         )
     return problems, spec
+
+
+def _benchmark_problem(i: int, where: str, row: dict, spec: dict, dataset: str) -> Problem | None:
+    """One benchmark row -> its Problem (None: a row the benchmark's published numbers leave out)."""
+    meta = dict(row)
+    if "test_list" in meta:
+        if dataset == "mbpp" and int(meta["task_id"]) not in MBPP_TEST_IDS:
+            return None
+        for key in ("test_list", "challenge_test_list"):  # some copies store the lists as Python literals
+            if isinstance(meta.get(key), str):
+                meta[key] = ast.literal_eval(meta[key])
+        # MBPP's published numbers use test_list only; the code verifier would add the challenge tests.
+        meta.pop("challenge_test_list", None)
+    for key in (spec["question"], spec["answer"], spec["id"]):
+        if key is not None and row.get(key) is None:
+            raise DataError(f"{where}: row has no '{key}' field (it has: {', '.join(row)})")
+    question = str(row[spec["question"]])
+    if "test_list" in meta and spec["question"] == "text":  # MBPP's standard prompt shows the tests
+        question = f"{question}\nYour code should pass these tests:\n\n" + "\n".join(meta["test_list"]) + "\n"
+    answer = parse_answer(row[spec["answer"]], "auto") if spec["answer"] else ""
+    if spec["name"] == "aime24":  # "025": an integer written with leading zeros
+        answer = str(int(answer))
+    pid = str(row[spec["id"]]) if spec["id"] else str(i)
+    return Problem(question, answer, meta, pid)
 
 
 def read_predictions(path: str | Path, problems: list[Problem], dataset: str) -> list[dict]:

@@ -147,34 +147,10 @@ def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float, env)
     import torch
 
     from rlvr import model as model_lib
-    from rlvr.log import write_json_atomic
     from rlvr.sampler import make_sampler
 
     template = c.template or spec["template"]
-    run_info = {
-        "model": c.model,
-        "dataset": c.dataset,
-        "data_path": c.data_path or None,
-        "template": template,
-        "system_prompt": c.system_prompt or None,
-        "temperature": c.temperature,
-        "top_p": c.top_p,
-        "max_new_tokens": c.max_new_tokens,
-        "seed": c.seed,
-        "backend": c.backend,
-    }
-    if c.env.name != "none":  # only then: samples made before environments existed still resume
-        run_info["env"] = dataclasses.asdict(c.env)
-    info_path = out / "run.json"
-    if (out / "samples.jsonl").exists() and info_path.exists():
-        before = json.loads(info_path.read_text())
-        diff = [f"{key}: {before.get(key)!r} -> {v!r}" for key, v in run_info.items() if before.get(key) != v]
-        if diff:
-            raise ConfigError(
-                f"{out} holds samples made with other settings ({', '.join(diff)}); use another "
-                f"--output_dir, or delete {out / 'samples.jsonl'} to start over"
-            )
-    write_json_atomic(info_path, run_info)
+    record_settings(c, template, out)
     if c.cpu_threads:
         torch.set_num_threads(c.cpu_threads)
     model_cfg = config_lib.ModelConfig(path=c.model, dtype=c.dtype)
@@ -220,6 +196,37 @@ def _generate(c: EvaluateConfig, problems, spec, out: Path, timeout: float, env)
         progress=True,
         env=env,
     )
+
+
+def record_settings(c: EvaluateConfig, template: str, out: Path) -> None:
+    """Write ``out/run.json``, the sampling settings; samples already in ``out`` made with other settings are an
+    error (resuming them would mix two evaluations)."""
+    from rlvr.log import write_json_atomic
+
+    run_info = {
+        "model": c.model,
+        "dataset": c.dataset,
+        "data_path": c.data_path or None,
+        "template": template,
+        "system_prompt": c.system_prompt or None,
+        "temperature": c.temperature,
+        "top_p": c.top_p,
+        "max_new_tokens": c.max_new_tokens,
+        "seed": c.seed,
+        "backend": c.backend,
+    }
+    if c.env.name != "none":  # only then: samples made before environments existed still resume
+        run_info["env"] = dataclasses.asdict(c.env)
+    info_path = out / "run.json"
+    if (out / "samples.jsonl").exists() and info_path.exists():
+        before = json.loads(info_path.read_text())
+        diff = [f"{key}: {before.get(key)!r} -> {v!r}" for key, v in run_info.items() if before.get(key) != v]
+        if diff:
+            raise ConfigError(
+                f"{out} holds samples made with other settings ({', '.join(diff)}); use another "
+                f"--output_dir, or delete {out / 'samples.jsonl'} to start over"
+            )
+    write_json_atomic(info_path, run_info)
 
 
 def _grade_given(c: EvaluateConfig, all_problems, problems, spec, out: Path, timeout: float) -> dict:

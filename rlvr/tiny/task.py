@@ -104,15 +104,21 @@ def corpus(n_docs: int, seed: int, exclude: set[str], prompt_fn) -> list[str]:
     return docs
 
 
-def main(out_dir: str = "rlvr/tiny/data", n_train: int = 4000, n_test: int = 500, seed: int = 0):
+def write_splits(problems_fn, out_dir: str, prefix: str = "", n_train: int = 4000, n_test: int = 500, seed: int = 0):
+    """``problems_fn(n, seed, exclude)``'s held-out and training problems (no training question is a held-out
+    one) -> OUT_DIR/{prefix}train.jsonl and {prefix}test.jsonl."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    test = problems(n_test, seed + 1)
-    train = problems(n_train, seed + 2, exclude={p["question"] for p in test})
-    for name, rows in (("train", train), ("test", test)):
+    test = problems_fn(n_test, seed + 1)
+    train = problems_fn(n_train, seed + 2, exclude={p["question"] for p in test})
+    for name, rows in ((f"{prefix}train", train), (f"{prefix}test", test)):
         with open(out / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
+
+
+def main(out_dir: str = "rlvr/tiny/data", n_train: int = 4000, n_test: int = 500, seed: int = 0):
+    write_splits(problems, out_dir, "", n_train, n_test, seed)
 
 
 if __name__ == "__main__":

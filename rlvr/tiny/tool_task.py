@@ -22,19 +22,12 @@ the block with an output it invents. GRPO rewarded for the right answer only has
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from pathlib import Path
 
-PHRASINGS = [
-    "What is {e}?",
-    "Compute {e}.",
-    "Calculate {e}.",
-    "Evaluate {e}.",
-    "Find the value of {e}.",
-    "Work out {e}.",
-]
+from rlvr.tiny import task
+
+PHRASINGS = task.PHRASINGS  # the arithmetic task's six phrasings
 STYLES = ["tool", "hand", "guess"]
 FAVOURITE = ["tool", "hand", "hand", "guess", "guess", "guess"]  # phrasing i's favourite style
 FAVOURITE_P = 0.5  # the other two styles share the rest equally
@@ -107,14 +100,7 @@ def corpus(n_docs: int, seed: int, exclude: set[str], prompt_fn) -> list[str]:
 
 
 def main(out_dir: str = "rlvr/tiny/data", n_train: int = 4000, n_test: int = 500, seed: int = 0):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    test = problems(n_test, seed + 1)
-    train = problems(n_train, seed + 2, exclude={p["question"] for p in test})
-    for name, rows in (("tool_train", train), ("tool_test", test)):
-        with open(out / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
+    task.write_splits(problems, out_dir, "tool_", n_train, n_test, seed)
 
 
 if __name__ == "__main__":
