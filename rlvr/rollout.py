@@ -101,6 +101,9 @@ class Sampler(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load the learner's new weights (names as in the HF state dict)."""
 
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        """Each completion token's log-probability (T=1) after its prompt, under the sampler's weights."""
+
     def sleep(self) -> None: ...
 
     def wake(self) -> None: ...

@@ -56,6 +56,20 @@ class HFSampler:
         for _ in named_tensors:
             pass
 
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        """The log-probability (T=1) of each completion token after its prompt, as this sampler's weights
+        give it (the weight-sync guard's probe, ``rlvr.rl.SyncProbe``): the learner's own computation on
+        the module the sampler holds, in eval mode, so it is bit-identical to the learner's when the module
+        is the learner's."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logp, mask = model_lib.grouped_logprobs(self.model, prompts, completions, 1, self.pad_id, 1.0)
+        finally:
+            self.model.train(was_training)
+        return [row[: len(c)].tolist() for row, c in zip(logp.float().cpu(), completions)]
+
     def sleep(self) -> None:
         pass
 

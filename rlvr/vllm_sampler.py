@@ -187,6 +187,20 @@ class VLLMSampler:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        """The engine's log-probability (T=1) of each completion token after its prompt: prompt log-probs of
+        the whole sequence (the weight-sync guard's probe, ``rlvr.rl.SyncProbe``). Greedy, one token: no
+        request draws from any generator."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+        outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        return [
+            [d[t].logprob for d, t in zip(out.prompt_logprobs[len(p) :], c)]
+            for out, p, c in zip(outs, prompts, completions)
+        ]
+
     def sleep(self) -> None:
         if self.sleeps:
             self.llm.sleep(level=1)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 try:
     import vllm  # noqa: F401
@@ -165,6 +166,54 @@ def test_weight_sync_after_learner_step_and_sleep_wake(setup):
     print(f"weight sync: ||engine - learner|| log-probs = {diff:.2g} of the bound")
 
 
+STALE_RUN = """
+import sys
+from rlvr import vllm_sampler
+push = vllm_sampler.VLLMSampler.update_weights
+left_out = "model.layers.0.mlp.down_proj.weight"
+vllm_sampler.VLLMSampler.update_weights = lambda self, named: push(self, [(n, t) for n, t in named if n != left_out])
+from rlvr import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path):
+    """One run on the vllm backend whose weight push drops one tensor: the weight-sync guard stops it before step 2
+    samples, with step 1's state saved; before step 1 the engine (loaded from the same files) passes the guard."""
+    (tmp_path / "parity.py").write_text(
+        "def parity(prompts, completions, **kw):\n    return [len(c) % 2.0 for c in completions]\n"
+    )
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny_zero.yaml").read_text())
+    recipe["rewards"] = [{"verifier": f"{tmp_path / 'parity.py'}:parity"}]  # every group learns
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    args = [
+        str(tmp_path / "recipe.yaml"),
+        "--sampler.backend=vllm",
+        "--rl.steps=3",
+        "--rl.prompts_per_step=4",
+        "--rl.samples_per_prompt=4",
+        "--rl.micro_batch_seqs=16",
+        "--sampler.max_new_tokens=16",
+        "--eval.problems=4",
+        f"--output_dir={tmp_path / 'run'}",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-c", STALE_RUN, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "weight-sync guard before step 2 samples: the vllm sampler" in out, out[-3000:]
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    stale = out.split("gap| of ")[1].split()[0]
+    print(f"probe gap (fp32): healthy before step 1 {row['sync/probe_gap']:.3g}, one tensor left out {stale}")
+    assert row["grad_norm"] > 0 and row["sync/probe_gap"] <= 1e-4
+    assert (tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_tiny_zero_runs_on_vllm(tmp_path):
     """The recipe end to end on the vllm backend, 2 steps (a fresh process: the engine's spawn needs it)."""
@@ -185,6 +234,9 @@ def test_tiny_zero_runs_on_vllm(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and '"mismatch/logprob_abs"' in metrics[-1]
+    gaps = [json.loads(line)["sync/probe_gap"] for line in metrics]  # the weight-sync guard's healthy gaps
+    assert all(0 <= g <= 1e-4 for g in gaps), gaps
+    print(f"weight-sync guard's probe gap, healthy: {gaps}")
     print(f"tiny_zero 2 steps on vllm: {time.time() - t0:.1f} s")
 
 
