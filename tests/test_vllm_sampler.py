@@ -214,6 +214,28 @@ def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors").exists()
 
 
+def test_a_resumed_run_samples_from_the_checkpoints_weights(tmp_path):
+    """A resumed vllm run must start its engine from the checkpoint, not from model.path: the
+    weight-sync guard (on by default) stops it before step 2 otherwise. Every group learns (a parity reward),
+    so step 1 moves the weights away from the base model's."""
+    (tmp_path / "parity.py").write_text(
+        "def parity(prompts, completions, **kw):\n    return [len(c) % 2.0 for c in completions]\n"
+    )
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny_zero.yaml").read_text())
+    recipe["rewards"] = [{"verifier": f"{tmp_path / 'parity.py'}:parity"}]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    args = [str(tmp_path / "recipe.yaml"), "--sampler.backend=vllm", "--rl.prompts_per_step=4"]
+    args += ["--rl.samples_per_prompt=4", "--rl.micro_batch_seqs=16", "--sampler.max_new_tokens=16"]
+    args += ["--eval.problems=4", "--checkpoint_every=1", f"--output_dir={tmp_path / 'run'}"]
+    for extra in (["--rl.steps=2"], ["--rl.steps=3", "--resume=auto"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "rlvr.train", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=900
+        )
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and all(r["sync/probe_gap"] <= 1e-4 for r in rows), rows
+
+
 @pytest.mark.slow
 def test_tiny_zero_runs_on_vllm(tmp_path):
     """The recipe end to end on the vllm backend, 2 steps (a fresh process: the engine's spawn needs it)."""
