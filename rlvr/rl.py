@@ -256,7 +256,7 @@ def sample_and_score(cfg, sampler, stream, train_set, step, env=None) -> tuple[B
             )
         t_sample, t_verify = t_sample + t1 - t0, t_verify + time.time() - t1
         for k, v in rm.items():  # failures add up over rounds; means are over everything sampled
-            m[k] = m.get(k, 0.0) + v * (len(ro) if k.startswith(ROUND_MEANS) else 1)
+            m[k] = m.get(k, 0.0) + v * (1 if k.startswith(COUNTS) else len(ro))
         for k, v in raw.items():
             raw_all.setdefault(k, []).append(v)
         seen_r.append(r)
@@ -265,7 +265,7 @@ def sample_and_score(cfg, sampler, stream, train_set, step, env=None) -> tuple[B
         kept.append(ro.select(rows))
         kept_r.append(r[rows])
     n_seen, seen = sum(len(r) for r in seen_r), torch.cat(seen_r)
-    m = {k: (v / n_seen if k.startswith(ROUND_MEANS) else v) for k, v in m.items()}
+    m = {k: (v if k.startswith(COUNTS) else v / n_seen) for k, v in m.items()}
     m["reward/total"] = seen.mean().item()
     m["reward/std_in_group"] = seen.view(-1, group_size).std(dim=1).mean().item()
     if cfg.eval.verifier in raw_all:
@@ -286,8 +286,9 @@ def sample_and_score(cfg, sampler, stream, train_set, step, env=None) -> tuple[B
     return Batch(rollout, r, group_size), m
 
 
-# Metrics that are means over a round's samples (the rest are counts): weighted by its samples over rounds.
-ROUND_MEANS = ("reward/", "env/turns", "env/tool_calls", "env/tool_call_frac", "env/tool_errors")
+# Sampling metrics that are counts: summed over dynamic-sampling rounds and over ranks. The others are means:
+# weighted by each round's samples, averaged over ranks (equal shares).
+COUNTS = ("verifier/", "sampling/kept", "env/failures")
 
 
 def sample_round(cfg, sampler, env, train_set, idx: list[int], seed: int, step: int):
@@ -322,8 +323,7 @@ def rank_means(metrics: dict) -> dict:
     if dist.world_size() == 1:
         return metrics
     return {
-        k: dist.global_sum(v)
-        / (1 if k.startswith(("verifier/", "sampling/kept", "env/failures")) else dist.world_size())
+        k: dist.global_sum(v) / (1 if k.startswith(COUNTS) else dist.world_size())
         for k, v in sorted(metrics.items())
         if not k.startswith("perf/")
     } | {k: v for k, v in metrics.items() if k.startswith("perf/")}
