@@ -3,11 +3,13 @@
 Modules import only from their own layer or the ones below it, and no stage imports another
 (``tests/test_layers.py`` checks both, and that there is no cycle):
 
-1. entry points: ``train`` (every training stage), ``evaluate`` (pass@k on benchmarks)
-2. stages, one loop each: ``rl`` (GRPO, PPO and the policy-gradient family), ``sft``, ``dpo``, ``reward_model``
+1. entry points: ``train`` (every training stage), ``evaluate`` (pass@k on benchmarks), ``convert`` (a GGUF
+   model to an HF checkpoint)
+2. stages, one loop each: ``rl`` (GRPO, PPO and the policy-gradient family), ``sft``, ``dpo``, ``reward_model``,
+   ``rejection_sampling`` (best-of-N, expert iteration)
 3. what the loops are made of: ``run`` (the lifecycle: resume, signals, checkpoints, logging), ``sampler`` and
    ``vllm_sampler``, ``episodes`` (multi-turn rollouts with tools), ``learner``, ``rewards``, ``grading``
-   (generate and grade), ``plots``, ``packing``
+   (generate and grade), ``plots``, ``packing``, ``supervised`` (the SFT loss step, held-out loss)
 4. foundations: ``rollout`` (the sampler-learner boundary), ``model``, ``data``, ``checkpoint`` (the on-disk
    format), ``log``
 5. ``algos`` (pure tensor math), ``dist``, ``config``, ``templates``

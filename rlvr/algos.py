@@ -25,6 +25,13 @@ Policy losses, chosen by name from ``POLICY_LOSSES``, share one signature:
 all (B, T) -> per-token loss (B, T) and clipped (B, T) 0/1 float, both zero on padding, the loss then
 aggregated by ``masked_sum`` / ``loss_denominator`` in one of ``POLICY_LOSS_AGGREGATIONS[name]``.
 
+Rejection sampling's selection rules, chosen by name from ``KEEP_RULES``, share one signature:
+
+    keep = KEEP_RULES[name](rewards, eligible, k=..., threshold=...)
+
+rewards (P, N), N samples of each of P prompts; eligible (P, N) bool, the samples that may be kept at all.
+Out: keep (P, N) bool.
+
 References: GRPO (Shao et al. 2024), Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like
 training"), DAPO (Yu et al. 2025: clip-higher, dynamic sampling, token-level loss, overlong shaping),
 KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL divergence"), DPO (Rafailov et al. 2023),
@@ -446,3 +453,25 @@ def preference_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.T
     """Scores (B,) -> fraction of pairs where chosen scores higher, a tie counting half: a model that
     cannot tell the two apart (e.g. a DPO policy equal to its reference) scores chance, 0.5."""
     return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()
+
+
+def keep_top_k(rewards: torch.Tensor, eligible: torch.Tensor, *, k: int, threshold: float = 0.0) -> torch.Tensor:
+    """Each prompt's ``k`` highest-reward eligible samples (all its eligible ones when fewer), a tie going to
+    the earlier sample: (P, N), (P, N) -> keep (P, N). ``threshold`` is not used (one signature for all rules)."""
+    masked = rewards.masked_fill(~eligible, float("-inf"))  # ineligible samples take no place in the ranking
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rewards.shape[1]).expand_as(order))
+    return eligible & (rank < k)
+
+
+def keep_best(rewards: torch.Tensor, eligible: torch.Tensor, *, k: int = 1, threshold: float = 0.0) -> torch.Tensor:
+    """Llama 2's rejection sampling: each prompt's one highest-reward eligible sample (the earlier on a tie)."""
+    return keep_top_k(rewards, eligible, k=1)
+
+
+def keep_above(rewards: torch.Tensor, eligible: torch.Tensor, *, k: int = 0, threshold: float) -> torch.Tensor:
+    """Every eligible sample whose reward reaches ``threshold`` (expert iteration's filter): -> keep (P, N)."""
+    return eligible & (rewards >= threshold)
+
+
+KEEP_RULES = {"best": keep_best, "top_k": keep_top_k, "threshold": keep_above}

@@ -5,7 +5,8 @@
     state = checkpoint.restore(ckpt, learner, stream)         # optimizer, scheduler, data, RNG; -> the extras
 
 A checkpoint is a directory ``step_N`` holding the HF model (``save_pretrained``, so it is a valid
-``model.path``), ``learner/`` (optimizer and scheduler: one file, or one shard per rank under ZeRO),
+``model.path``; a LoRA policy's adapter instead, a valid ``model.lora.adapter``), ``learner/`` (optimizer
+and scheduler: one file, or one shard per rank under ZeRO),
 ``trainer_state.pt`` (whatever the loop passes: data position, RNG states, summary), ``config.yaml``,
 the ``metrics.jsonl`` rows up to step N, and ``manifest.json``. Every rank calls ``save``; rank 0
 writes everything but its own optimizer shards.
@@ -58,12 +59,13 @@ def _fsync_dir(path: Path) -> None:
 
 def save_model(learner, tokenizer, path: Path) -> None:
     """HF format only (``final``), written under a temporary name, fsynced and renamed. Every rank
-    calls (a ``Learner`` gathers sharded weights); rank 0 writes."""
+    calls (a ``Learner`` gathers sharded weights); rank 0 writes. A LoRA policy's is the merged model, a plain
+    ``model.path`` for evaluation and later stages, with its adapter in ``path/adapter``."""
     path, main = Path(path), dist.is_main()
     tmp = path.with_name(path.name + ".tmp")
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    learner.save_pretrained(tmp)
+    learner.save_pretrained(tmp, merged=True)  # a LoRA policy's merged into the plain model, its adapter in adapter/
     if main:
         tokenizer.save_pretrained(tmp)
         _sync_tree(tmp)
@@ -283,9 +285,11 @@ def check_space(path: Path, need_bytes: int) -> None:
 
 
 def checkpoint_bytes(model) -> int:
-    """Rough size of a GRPO/SFT/DPO checkpoint: the weights plus AdamW's two moments, with 10% slack."""
+    """Rough size of a GRPO/SFT/DPO checkpoint: the trained weights plus AdamW's two moments, with 10% slack (a
+    LoRA policy's checkpoint holds its adapters alone)."""
     # ZeRO-3 leaves each rank a shard: ds_numel is the whole tensor's size
-    return int(3.3 * sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters()))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return int(3.3 * sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in trained))
 
 
 def rng_state() -> dict:

@@ -22,7 +22,7 @@ import yaml
 
 from rlvr import algos
 
-STAGES = ("rl", "sft", "dpo", "reward_model")
+STAGES = ("rl", "sft", "dpo", "reward_model", "rejection_sampling")
 # Names of earlier releases: a recipe that uses one gets an error naming the new one.
 RENAMED = {"grpo": "rl"}
 
@@ -32,12 +32,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the policy (rlvr.model.load, through peft): only they train, the base stays frozen. The KL
+    reference is the base (adapters off), checkpoints hold the adapter, ``final/`` the merged model. The PPO critic
+    and the reward-model stage train in full."""
+
+    r: int = 0  # the adapters' rank; 0: off, the whole model trains
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0
+    # Module names to adapt (peft's target_modules, e.g. [q_proj, v_proj]); []: every linear layer of the decoder,
+    # peft's "all-linear" (the LM head and the embeddings stay frozen)
+    target_modules: list[str] = field(default_factory=list)
+    adapter: str = ""  # a saved peft adapter directory to continue training (a checkpoint, or final/adapter)
+
+
+@dataclass
 class ModelConfig:
     path: str = "rlvr/tiny/model"  # a local HF-format directory or a hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -209,6 +225,39 @@ class SFTConfig:
 
 
 @dataclass
+class RejectionSamplingConfig:
+    """Rejection sampling (rlvr.rejection_sampling): each round samples the policy, keeps the best samples by the
+    recipe's ``rewards`` and fine-tunes on them (the SFT loss); the next round samples the new policy."""
+
+    rounds: int = 4
+    prompts_per_round: int = 256  # training problems sampled each round
+    samples_per_prompt: int = 8  # N: completions of each problem to choose from
+    # Which to keep (rlvr.algos.KEEP_RULES): best (the highest total reward of each problem's), top_k (its
+    # top_k highest) or threshold (every one whose total reward reaches threshold). Truncated ones never.
+    keep: Literal["best", "top_k", "threshold"] = "best"
+    top_k: int = 2
+    threshold: float = 1.0
+    # A verifier of `rewards` (as spelt there) that must score a sample 1 for it to be kept; "": any reward
+    require_correct: str = "math"
+    steps_per_round: int = 50  # SFT optimizer steps on each round's kept samples
+    seqs_per_step: int = 32  # kept samples (or packed rows) per optimizer step
+    micro_batch_seqs: int = 8
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # over all rounds' steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    packing: bool = False  # pack kept samples into rows of data.max_prompt_tokens + sampler.max_new_tokens
+    verifier_timeout_s: float = 1.0
+    verifier_workers: int = 0  # 0: one per core
+
+    @property
+    def steps(self) -> int:
+        """The run's optimizer steps, all rounds (the step count every stage's section has)."""
+        return self.rounds * self.steps_per_round
+
+
+@dataclass
 class DPOConfig:
     steps: int = 500
     pairs_per_step: int = 32
@@ -275,7 +324,7 @@ class LogConfig:
 
 @dataclass
 class Config:
-    stage: Literal["rl", "sft", "dpo", "reward_model"] = "rl"
+    stage: Literal["rl", "sft", "dpo", "reward_model", "rejection_sampling"] = "rl"
     output_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -286,6 +335,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
@@ -555,6 +605,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None = None) -> None:
     """Cross-field checks: batch-size divisibility, settings that contradict each other, local paths."""
     _validate_stages(cfg, source)
+    _validate_lora(cfg, source)
     _check_paths(cfg, source, lines or {})
     if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
         raise ConfigError(
@@ -619,6 +670,28 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
         )
 
 
+def _validate_lora(cfg, source: str) -> None:
+    """model.lora's values, and the stage that cannot take it."""
+    lo = cfg.model.lora
+    if lo.r < 0 or lo.alpha <= 0 or not 0 <= lo.dropout < 1:
+        raise ConfigError(
+            f"{source}: model.lora needs r >= 0 (0: no LoRA), alpha > 0 and dropout in [0, 1); got r={lo.r}, "
+            f"alpha={lo.alpha}, dropout={lo.dropout}"
+        )
+    if lo.adapter and not lo.r:
+        raise ConfigError(f"{source}: model.lora.adapter is set but model.lora.r=0 (LoRA off); set model.lora.r")
+    if lo.adapter and not (Path(lo.adapter).expanduser() / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"{source}: model.lora.adapter {lo.adapter!r} has no adapter_config.json: give a directory a peft "
+            f"adapter was saved to (a LoRA run's checkpoint, or its final/adapter)"
+        )
+    if lo.r and cfg.stage == "reward_model":
+        raise ConfigError(
+            f"{source}: model.lora applies to the policy only; the reward model trains in full: "
+            f"set model.lora.r=0 for stage reward_model"
+        )
+
+
 def _validate_algorithm(g: RLConfig, source: str) -> None:
     """Estimator, loss, aggregation and KL placement that do not go together."""
     allowed = algos.POLICY_LOSS_AGGREGATIONS[g.policy_loss]
@@ -672,6 +745,8 @@ def _validate_stages(cfg, source: str) -> None:
             f"{source}: deepspeed.zero_stage=3 shards the weights that sft's held-out evaluation generates "
             f"greedy replies with; use deepspeed.zero_stage=2, or data.test='' to train without it"
         )
+    if getattr(cfg, "rejection_sampling", None) is not None and cfg.stage == "rejection_sampling":
+        _validate_rejection_sampling(cfg, source)
     if getattr(cfg, "dpo", None) is not None and cfg.dpo.beta <= 0:
         raise ConfigError(f"{source}: dpo.beta must be > 0, got {cfg.dpo.beta}")
     uses_rm = any(r.verifier == "reward_model" for r in getattr(cfg, "rewards", []))
@@ -679,6 +754,47 @@ def _validate_stages(cfg, source: str) -> None:
         raise ConfigError(
             f"{source}: rewards lists the reward_model verifier but reward_model.scorer is empty; "
             f"set it to a checkpoint trained with stage: reward_model"
+        )
+
+
+def _validate_rejection_sampling(cfg, source: str) -> None:
+    """The rejection-sampling section's counts, keep rule and verifier, and what it cannot run with."""
+    s = cfg.rejection_sampling
+    counts = ("rounds", "prompts_per_round", "samples_per_prompt", "steps_per_round", "seqs_per_step", "top_k")
+    for name in (*counts, "micro_batch_seqs"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{source}: rejection_sampling.{name} must be at least 1, got {getattr(s, name)}")
+    if s.seqs_per_step % s.micro_batch_seqs:
+        raise ConfigError(
+            f"{source}: rejection_sampling.seqs_per_step={s.seqs_per_step} is not a multiple of "
+            f"rejection_sampling.micro_batch_seqs={s.micro_batch_seqs}; pick a divisor of {s.seqs_per_step}"
+        )
+    if s.keep == "top_k" and s.top_k > s.samples_per_prompt:
+        raise ConfigError(
+            f"{source}: rejection_sampling.top_k={s.top_k} keeps more than the samples_per_prompt="
+            f"{s.samples_per_prompt} there are; lower top_k or raise samples_per_prompt"
+        )
+    names = [r.verifier for r in cfg.rewards]
+    if s.require_correct and s.require_correct not in names:
+        raise ConfigError(
+            f"{source}: rejection_sampling.require_correct={s.require_correct!r} is not one of the rewards' "
+            f"verifiers ({', '.join(names)}); name one of them as spelt there, or '' to keep by reward alone"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if s.prompts_per_round % world:
+        raise ConfigError(
+            f"{source}: rejection_sampling.prompts_per_round={s.prompts_per_round} does not split over {world} "
+            f"processes; make it a multiple of the number of processes"
+        )
+    if cfg.env.name != "none":
+        raise ConfigError(
+            f"{source}: env.name={cfg.env.name!r}: rejection sampling samples single-turn completions (its kept "
+            f"samples are prompt/response rows); set env.name: none"
+        )
+    if cfg.deepspeed.zero_stage == 3 and cfg.sampler.backend == "hf":
+        raise ConfigError(
+            f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
+            f"use sampler.backend=vllm, or deepspeed.zero_stage=2"
         )
 
 
@@ -690,7 +806,7 @@ def _check_paths(cfg: Config, source: str, lines: dict[str, int]) -> None:
         ("data.train", cfg.data.train, _data_is_local),
         ("data.test", cfg.data.test, _data_is_local),
     ]
-    if cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards):
+    if cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards):
         paths.append(("reward_model.scorer", cfg.reward_model.scorer, _model_is_local))
     if cfg.stage == "rl" and cfg.rl.ptx_coef:
         if not cfg.data.ptx:
@@ -722,7 +838,9 @@ STAGE_SECTIONS = {
     "sft": ("sampler", "sft"),
     "dpo": ("dpo",),
     "reward_model": ("reward_model",),
+    "rejection_sampling": ("sampler", "rewards", "rejection_sampling", "eval"),
 }
+SAMPLING_STAGES = ("rl", "rejection_sampling")  # the stages that score samples with the recipe's rewards
 
 
 def to_dict(cfg) -> dict:
@@ -730,7 +848,7 @@ def to_dict(cfg) -> dict:
     out = dataclasses.asdict(cfg)
     if isinstance(cfg, Config):
         own = set(STAGE_SECTIONS[cfg.stage])
-        if cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards):
+        if cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards):
             own.add("reward_model")  # its scorer
         for other in {sec for secs in STAGE_SECTIONS.values() for sec in secs} - own:
             out.pop(other)

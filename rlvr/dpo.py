@@ -99,7 +99,7 @@ def train(cfg) -> dict:
     test_pairs = data_lib.load_preferences(d.test, d.test_split, d)[: s.eval_pairs] if d.test else []
     train_enc, test_enc = encode(train_pairs, tok, d), encode(test_pairs, tok, d)
     t0 = time.time()
-    ref_train, ref_test = reference_logprobs(cfg, train_enc, test_enc, pad)
+    ref_train, ref_test = reference_logprobs(cfg, train_enc, test_enc, pad, model)
     learner = Learner.for_stage(model, cfg.deepspeed, s)
     model = learner.module
     stream = data_lib.PromptStream(len(train_pairs), cfg.seed, d.shuffle)
@@ -153,15 +153,22 @@ def train(cfg) -> dict:
 
 
 @torch.no_grad()
-def reference_logprobs(cfg, train_enc, test_enc, pad: int):
+def reference_logprobs(cfg, train_enc, test_enc, pad: int, policy):
     """The reference is the starting policy: it scores every reply this rank will train on once (the pair
     stream is seeded, so they are known now) and the held-out ones, and is then dropped: no second model
-    while training. -> ((2, train pairs) chosen/rejected log-probabilities, held-out (chosen, rejected) or None)."""
+    while training. With LoRA it is ``policy`` with its adapters off (the base, resumed or not): no second model
+    at all. -> ((2, train pairs) chosen/rejected log-probabilities, held-out (chosen, rejected) or None)."""
+    if model_lib.is_lora(policy):
+        with model_lib.adapters_off(policy):
+            return _reference_logprobs(cfg, train_enc, test_enc, pad, policy)
+    ref_model, _ = model_lib.load(cfg.model, dist.device())
+    return _reference_logprobs(cfg, train_enc, test_enc, pad, ref_model.eval())
+
+
+def _reference_logprobs(cfg, train_enc, test_enc, pad: int, ref_model):
     d, s = cfg.data, cfg.dpo
     plan = data_lib.PromptStream(len(train_enc[0]), cfg.seed, d.shuffle)
     used = sorted({i for _ in range(s.steps) for i in dist.shard(plan.take(s.pairs_per_step))})
-    ref_model, _ = model_lib.load(cfg.model, dist.device())
-    ref_model.eval()
     ref_train = torch.zeros(2, len(train_enc[0]))
     if used:
         ref_train[:, used] = torch.stack(

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr import config as config_lib, dist
+from rlvr import config as config_lib, dist, model as model_lib
 
 
 def micro_batches(rows: list[int], micro: int) -> list[tuple[list[int], float]]:
@@ -176,30 +176,74 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _gathered(self, p):
+    def _gathered(self, *params):
         if self.stage == 3:
             import deepspeed
 
-            return deepspeed.zero.GatheredParameters([p])
+            return deepspeed.zero.GatheredParameters(list(params))
         return nullcontext()
 
     def named_parameters_for_sync(self):
         """(HF state-dict name, full tensor) for every weight, tied ones under each name. A collective
         under ZeRO-3, which gathers one tensor at a time: every rank must iterate to the end. The tensor
-        may be released after the next item, so a consumer copies it (vLLM's reload does)."""
+        may be released after the next item, so a consumer copies it (vLLM's reload does). A LoRA policy
+        gives the plain model's names and merged weights (``_merged``), so a sampler needs to know nothing of it."""
+        if model_lib.is_lora(self.module):
+            yield from self._merged()
+            return
         for name, p in self.module.state_dict(keep_vars=True).items():
             with self._gathered(p):
                 yield name, (p.detach().clone() if self.stage == 3 else p.detach())
 
-    def save_pretrained(self, path) -> None:
+    def _merged(self):
+        """A LoRA policy's weights as the plain model's, under its HF names: each adapted layer's base weight plus
+        its adapters' delta (peft's ``get_delta_weight``, what merging adds), computed aside. The module is left
+        as it is: a merge and unmerge in place would leave the base weights off by float rounding every sync."""
+        base = self.module.get_base_model()
+        for name, p in base.state_dict(keep_vars=True).items():
+            if ".lora_" in name:
+                continue
+            if ".base_layer." not in name or not name.endswith(".weight"):
+                with self._gathered(p):
+                    yield name.replace(".base_layer.", "."), (p.detach().clone() if self.stage == 3 else p.detach())
+                continue
+            layer = base.get_submodule(name.split(".base_layer.")[0])
+            on = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
+            with self._gathered(*layer.parameters()):
+                with torch.no_grad():
+                    merged = sum((layer.get_delta_weight(a) for a in on), p.detach().clone())
+                yield name.replace(".base_layer.", "."), merged
+
+    def save_pretrained(self, path, merged: bool = False) -> None:
         """The consolidated HF model (``from_pretrained`` loads it) into directory ``path``: every rank
-        calls, rank 0 writes. ``rlvr.checkpoint.save``/``save_model`` call it inside their atomic writes."""
+        calls, rank 0 writes. ``rlvr.checkpoint.save``/``save_model`` call it inside their atomic writes.
+        A LoRA policy writes its adapter in peft's format (adapter_config.json, adapter_model.safetensors), or,
+        ``merged``, the plain HF model with the adapters merged in and the adapter in ``path/adapter``."""
+        lora = model_lib.is_lora(self.module)
+        if lora and not merged:
+            self._save_adapter(path)
+            return
         state = None
-        if self.stage == 3:  # gathered tensor by tensor on every rank, kept by rank 0 only
+        if self.stage == 3 or lora:  # gathered tensor by tensor on every rank, kept by rank 0 only
             state = {}
             for k, v in self.named_parameters_for_sync():
                 if dist.is_main():
                     state[k] = v.cpu()
+        if dist.is_main():
+            (self.module.get_base_model() if lora else self.module).save_pretrained(path, state_dict=state)
+        dist.barrier()
+        if lora:
+            self._save_adapter(Path(path) / "adapter")
+
+    def _save_adapter(self, path) -> None:
+        state = None
+        if self.stage == 3:  # the adapters' tensors, gathered; peft keeps the LoRA ones of a state dict
+            state = {}
+            for name, p in self.module.named_parameters():
+                if p.requires_grad:
+                    with self._gathered(p):
+                        if dist.is_main():
+                            state[name] = p.detach().cpu().clone()
         if dist.is_main():
             self.module.save_pretrained(path, state_dict=state)
         dist.barrier()

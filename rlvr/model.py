@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -62,7 +64,49 @@ def load(cfg, device: str | torch.device | None = None, chat_template: str = "")
         tokenizer.chat_template = chat_template
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.lora.r:
+        model = with_lora(model, cfg.lora)
     return model.to(device if device is not None else dist.device()), tokenizer
+
+
+def with_lora(model, lora):
+    """model -> a peft model whose LoRA adapters (``lora``: ``config.LoraConfig``) alone train, the base frozen:
+    fresh ones (B = 0, so it starts as the base model), or those saved in ``lora.adapter`` (a resumed run's)."""
+    import peft
+
+    if lora.adapter:
+        saved = peft.PeftConfig.from_pretrained(lora.adapter)
+        if (saved.r, saved.lora_alpha) != (lora.r, lora.alpha):
+            raise ModelError(
+                f"model.lora.adapter {lora.adapter!r} was saved with r={saved.r}, alpha={saved.lora_alpha}, not the "
+                f"r={lora.r}, alpha={lora.alpha} of model.lora: set those to the adapter's"
+            )
+        return peft.PeftModel.from_pretrained(model, lora.adapter, is_trainable=True)
+    cfg = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, cfg)
+
+
+def is_lora(model) -> bool:
+    """Whether ``model`` is a peft model (``with_lora``); peft is not imported for a plain one."""
+    return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
+
+
+@contextmanager
+def adapters_off(model):
+    """A LoRA policy as its base model, the KL reference (no second copy): adapters disabled, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def load_scorer(path: str, dtype: str = "float32", chat_template: str = ""):

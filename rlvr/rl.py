@@ -42,6 +42,7 @@ from rlvr import (
     packing,
     rewards as rewards_lib,
 )
+from rlvr.config import LoraConfig
 from rlvr.learner import Learner, micro_batches
 from rlvr.log import Tally
 from rlvr.plots import plot_run
@@ -140,10 +141,13 @@ def train(cfg) -> dict:
     run = Run(cfg, cfg.rl, show={"reward": "reward/total", "acc": "accuracy"})
     g, d = cfg.rl, cfg.data
     model, tok = model_lib.load(run.model_config(cfg.model))  # the reference below stays the base model
-    ref_model = model_lib.load(cfg.model)[0].eval().requires_grad_(False) if g.beta > 0 else None
+    ref_model = None
+    if g.beta > 0:  # with LoRA, the policy itself with its adapters off (targets): no second copy
+        ref_model = model if model_lib.is_lora(model) else model_lib.load(cfg.model)[0].eval().requires_grad_(False)
     critic = None
-    if g.advantage in algos.ADVANTAGES_WITH_CRITIC:  # PPO: a value model learns beside the policy
-        path = run.model_config(dataclasses.replace(cfg.model, path=g.critic.path or cfg.model.path), "critic").path
+    if g.advantage in algos.ADVANTAGES_WITH_CRITIC:  # PPO: a value model learns beside the policy, in full
+        critic_cfg = dataclasses.replace(cfg.model, path=g.critic.path or cfg.model.path, lora=LoraConfig())
+        path = run.model_config(critic_cfg, "critic").path
         critic = Learner.for_stage(model_lib.load_scorer(path, cfg.model.dtype)[0], cfg.deepspeed, g.critic, g.steps)
     train_set = data_lib.load_prompt_set(d.train, d.train_split, d, tok)
     test_set = data_lib.load_prompt_set(d.test, d.test_split, d, tok, limit=cfg.eval.problems)
@@ -159,6 +163,8 @@ def train(cfg) -> dict:
     env = episodes.from_config(cfg.env)  # None: single-turn completions
     learner = Learner.for_stage(model, cfg.deepspeed, g)
     sampler = make_sampler(cfg.sampler, run.model_config(cfg.model), learner.module, tok, cfg.seed)
+    if model_lib.is_lora(model):  # a vLLM engine loaded the base model: a resumed (or given) adapter must reach it
+        sampler.update_weights(learner.named_parameters_for_sync())
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     out = run.out if run.main else None  # where the greedy evaluations save their samples
     probe = SyncProbe.build(cfg, test_set, train_set, min(len(tok), model.config.vocab_size))
@@ -426,7 +432,12 @@ def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int) -> Targe
     g = cfg.rl
     device = next(learner.module.parameters()).device
     old, mask = batch.sampler_logprobs().to(device), batch.token_mask().to(device)
-    ref = score(lambda fn, *a, **kw: fn(ref_model, *a, **kw), batch, cfg, pad_id) if ref_model is not None else None
+    ref = None
+    if ref_model is learner.module:  # LoRA: the base is the policy with its adapters off, through the learner (ZeRO-3)
+        with model_lib.adapters_off(ref_model):
+            ref = score(learner.forward, batch, cfg, pad_id, collective=True)
+    elif ref_model is not None:
+        ref = score(lambda fn, *a, **kw: fn(ref_model, *a, **kw), batch, cfg, pad_id)
     # TIS: the clip ratio is taken against the learner's own log-probs before the update, and each token
     # weighted by min(learner / sampler probability, tis_cap), correcting for the sampler's drift (vLLM).
     prox = score(learner.forward, batch, cfg, pad_id, collective=True) if g.tis_cap else old

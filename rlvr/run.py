@@ -57,8 +57,15 @@ class Run:
 
     def model_config(self, model_cfg, name: str = ""):
         """``model_cfg``, continuing from the checkpoint's weights when resuming (a checkpoint is an HF model;
-        ``name``: the one it holds for another learner, e.g. the critic)."""
-        return dataclasses.replace(model_cfg, path=str(self.resume_from / name)) if self.resume_from else model_cfg
+        ``name``: the one it holds for another learner, e.g. the critic). With LoRA the checkpoint holds the adapter:
+        the base model still comes from ``model.path``, the adapter from the checkpoint."""
+        if not self.resume_from:
+            return model_cfg
+        if model_cfg.lora.r:
+            return dataclasses.replace(
+                model_cfg, lora=dataclasses.replace(model_cfg.lora, adapter=str(self.resume_from / name))
+            )
+        return dataclasses.replace(model_cfg, path=str(self.resume_from / name))
 
     def begin(self, learner, tokenizer, stream, summary: dict, initial=None, others: dict | None = None) -> dict:
         """Restore the checkpoint (optimizer, scheduler, ``stream``, RNG, summary), or start ``summary``

@@ -40,8 +40,10 @@ class HFSampler:
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.compile = compile
-        # The prefill needs only the last position's logits: ask for just those where the model allows it.
-        takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # The prefill needs only the last position's logits: ask for just those where the model allows it (a LoRA
+        # policy's peft wrapper passes the argument on to the model it wraps).
+        inner = model.get_base_model() if model_lib.is_lora(model) else model
+        takes_keep = "logits_to_keep" in inspect.signature(inner.forward).parameters
         self._last_logits = {"logits_to_keep": 1} if takes_keep else {}
         # Kept across calls: a compiled graph (a CUDA graph above all) is bound to its cache's addresses.
         self._caches: dict[tuple, object] = {}

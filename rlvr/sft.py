@@ -21,24 +21,11 @@ from __future__ import annotations
 import json
 import re
 
-import torch
-
 from rlvr import data as data_lib, dist, model as model_lib
-from rlvr.learner import Learner, micro_batches
+from rlvr.learner import Learner
 from rlvr.run import Run
 from rlvr.sampler import HFSampler
-
-
-@torch.no_grad()
-def heldout_loss(model, rows, pad_id: int, micro: int) -> float:
-    was = model.training
-    model.eval()
-    total, n = 0.0, 0.0
-    for s in range(0, len(rows), micro):
-        loss, k = model_lib.nll_sum(model, *data_lib.collate(rows[s : s + micro], pad_id))
-        total, n = total + loss.item(), n + k
-    model.train(was)
-    return total / max(n, 1.0)
+from rlvr.supervised import heldout_loss, sft_step
 
 
 def greedy_replies(cfg, model, tok, convs, examples, out_dir=None, tag="eval") -> dict:
@@ -100,19 +87,7 @@ def train(cfg) -> dict:
     model.train()
     with run:
         for step in run.steps():
-            micro = [
-                (data_lib.collate([rows[i] for i in mb], pad), w)
-                for mb, w in micro_batches(stream.take(s.seqs_per_step), s.micro_batch_seqs)
-            ]
-            # Token mean over the whole optimizer step on all ranks: every assistant token weighs the same.
-            n_tok = dist.global_sum(sum(w * float(mb[3][:, 1:].sum()) for mb, w in micro))
-            total = 0.0
-            for mb, w in micro:
-                loss, _ = learner.forward(model_lib.nll_sum, *mb)
-                learner.backward(loss * w / max(n_tok, 1.0))
-                total += w * loss.item()
-            grad_norm = learner.step()  # not finite: the update was skipped on every rank
-            m = {"loss": dist.global_sum(total) / max(n_tok, 1.0), "grad_norm": grad_norm, "tokens": n_tok}
+            m = sft_step(learner, rows, stream.take(s.seqs_per_step), s.micro_batch_seqs, pad)
             if s.eval_every and step % s.eval_every == 0 and step != s.steps and test_rows:
                 m["eval/heldout_loss"] = heldout_loss(model, test_rows, pad, s.micro_batch_seqs)
             run.end_step(step, m)

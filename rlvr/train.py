@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from rlvr.checkpoint import CheckpointError
-from rlvr.config import ConfigError, load_config, parse_cli, set_where
+from rlvr.config import SAMPLING_STAGES, ConfigError, load_config, parse_cli, set_where
 from rlvr.data import DataError
 from rlvr.model import ModelError
 from rlvr.run import RunStopped
@@ -38,9 +38,11 @@ def run(recipe: str, **overrides):
         from rlvr.dpo import train
     elif cfg.stage == "reward_model":
         from rlvr.reward_model import train
+    elif cfg.stage == "rejection_sampling":
+        from rlvr.rejection_sampling import train
     else:
         raise ConfigError(f"{recipe}: stage {cfg.stage!r} is not available")
-    uses_rm = cfg.stage == "rl" and any(r.verifier == "reward_model" for r in cfg.rewards)
+    uses_rm = cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards)
     if uses_rm:  # the `reward_model` verifier holds a model, so it is registered here, in this process
         from rlvr import reward_model
 

@@ -2,11 +2,12 @@
 tests/test_distributed.py launches under torchrun and also calls in-process as the single-process
 reference.
 
-    torchrun --standalone --nproc_per_node 2 tests/dist_train.py OUT_DIR 0,2,3
+    torchrun --standalone --nproc_per_node 2 tests/dist_train.py OUT_DIR 0,2,3,2lora
 
 writes OUT_DIR/stage{S}.json (per-step global loss and grad norm; one more step continued and resumed
 from saved state) and OUT_DIR/hf_stage{S}/ (the consolidated HF checkpoint) for each ZeRO stage S
-(0: plain torch).
+(0: plain torch); ``2lora``: stage 2 training LoRA adapters (stage2_lora.json, hf_stage2_lora/: the merged
+model, its adapter in adapter/, which the resumed learner loads).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from conftest import REPO
 
 from rlvr import algos, checkpoint, dist, model as model_lib
-from rlvr.config import DeepSpeedConfig, ModelConfig
+from rlvr.config import DeepSpeedConfig, LoraConfig, ModelConfig
 from rlvr.learner import Learner
 
 # 7 sequences on 2 ranks: 4 and 3, so 2 and 1 micro-batches of 3; the rank with fewer runs a zero-weight one
@@ -72,13 +73,20 @@ def one_step(learner: Learner, step: int, agg: str) -> tuple[float, float, float
     return loss, norm, size
 
 
-def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_mean") -> dict:
+def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_mean", lora: bool = False) -> dict:
+    tag = f"{stage}_lora" if lora else str(stage)
+
     def make(path):
-        model, tok = model_lib.load(ModelConfig(path=str(path)))
+        if lora:  # the base from the shipped model, the adapter from the checkpoint (or fresh)
+            adapter = "" if path == REPO / "rlvr" / "tiny" / "model" else str(path / "adapter")
+            cfg = ModelConfig(
+                path=str(REPO / "rlvr" / "tiny" / "model"), lora=LoraConfig(r=4, alpha=8, adapter=adapter)
+            )
+        model, tok = model_lib.load(cfg if lora else ModelConfig(path=str(path)))
         return Learner(
             model,
             DeepSpeedConfig(zero_stage=stage, config=extra or {}),
-            lr=5e-4,
+            lr=5e-3 if lora else 5e-4,
             max_grad_norm=1.0,
             lr_lambda=lambda s: 1.0 / (1 + s),
         ), tok
@@ -86,12 +94,12 @@ def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_me
     torch.manual_seed(0)
     learner, tok = make(REPO / "rlvr" / "tiny" / "model")
     losses, norms, sizes = map(list, zip(*(one_step(learner, step, agg) for step in range(STEPS))))
-    checkpoint.save_model(learner, tok, out / f"hf_stage{stage}")
+    checkpoint.save_model(learner, tok, out / f"hf_stage{tag}")
     # Resume: a new learner from the HF checkpoint and the saved optimizer/scheduler state takes the next
     # step exactly as the learner that wrote them does.
-    learner.save_state(out / f"state_stage{stage}")
-    resumed, _ = make(out / f"hf_stage{stage}")
-    resumed.load_state(out / f"state_stage{stage}")
+    learner.save_state(out / f"state_stage{tag}")
+    resumed, _ = make(out / f"hf_stage{tag}")
+    resumed.load_state(out / f"state_stage{tag}")
     result = {
         "losses": losses,
         "grad_norms": norms,
@@ -101,7 +109,7 @@ def train(stage: int, out: Path, extra: dict | None = None, agg: str = "token_me
         "resumed": one_step(resumed, STEPS, agg),
     }
     if dist.is_main():
-        (out / f"stage{stage}.json").write_text(json.dumps(result))
+        (out / f"stage{tag}.json").write_text(json.dumps(result))
     return result
 
 
@@ -110,6 +118,8 @@ if __name__ == "__main__":
     model_lib.HEAD_CHUNK_TOKENS = HEAD_CHUNK_TOKENS
     dist.init()
     out_dir = Path(sys.argv[1])
-    for st in map(int, sys.argv[2].split(",")):
+    for arg in sys.argv[2].split(","):
+        st = int(arg.removesuffix("lora"))
         # ZeRO-3 keeps tensors under 100k elements whole by default; 0 shards every tiny-model tensor
-        train(st, out_dir, {"zero_optimization": {"stage3_param_persistence_threshold": 0}} if st == 3 else None)
+        extra = {"zero_optimization": {"stage3_param_persistence_threshold": 0}} if st == 3 else None
+        train(st, out_dir, extra, lora=arg.endswith("lora"))

@@ -46,9 +46,19 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora_ref")
+    chunk, model_lib.HEAD_CHUNK_TOKENS = model_lib.HEAD_CHUNK_TOKENS, dist_train.HEAD_CHUNK_TOKENS
+    try:
+        return dist_train.train(0, out, lora=True), out / "hf_stage0_lora"
+    finally:
+        model_lib.HEAD_CHUNK_TOKENS = chunk
+
+
+@pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks")
-    _launch(out, "0,2")
+    _launch(out, "0,2,2lora")
     return out
 
 
@@ -58,7 +68,7 @@ def _weights(path: Path) -> dict:
     return {k: v.detach() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
 
 
-def _check(out: Path, stage: int, reference) -> None:
+def _check(out: Path, stage: int | str, reference) -> None:
     ref, ref_hf = reference
     got = json.loads((out / f"stage{stage}.json").read_text())
     assert got["world_size"] == 2
@@ -98,6 +108,16 @@ def test_two_processes_plain_torch_match_one(two_ranks, reference):
 
 def test_two_processes_zero2_match_one(two_ranks, reference):
     _check(two_ranks, 2, reference)
+
+
+def test_two_processes_zero2_with_lora_match_one(two_ranks, lora_reference):
+    """LoRA adapters trained at ZeRO-2 on 2 ranks (only they have gradients and Adam state) against 1 process: the
+    same losses, gradient norms and merged updates; the resumed learner (base + saved adapter) continues exactly."""
+    _check(two_ranks, "2_lora", lora_reference)
+    # only the adapted linears moved; the merged model is plain HF (hf_stage2_lora/adapter holds the adapter)
+    w, w0 = _weights(two_ranks / "hf_stage2_lora"), _weights(dist_train.REPO / "rlvr" / "tiny" / "model")
+    assert torch.equal(w["model.embed_tokens.weight"], w0["model.embed_tokens.weight"])
+    assert not torch.equal(w["model.layers.0.mlp.down_proj.weight"], w0["model.layers.0.mlp.down_proj.weight"])
 
 
 @pytest.mark.slow

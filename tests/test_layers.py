@@ -9,9 +9,9 @@ import sys
 from conftest import REPO
 
 LAYERS = [
-    {"train", "evaluate"},
-    {"rl", "sft", "dpo", "reward_model"},
-    {"run", "sampler", "vllm_sampler", "episodes", "learner", "rewards", "grading", "plots", "packing"},
+    {"train", "evaluate", "convert"},
+    {"rl", "sft", "dpo", "reward_model", "rejection_sampling"},
+    {"run", "sampler", "vllm_sampler", "episodes", "learner", "rewards", "grading", "plots", "packing", "supervised"},
     {"rollout", "model", "data", "checkpoint", "log"},
     {"algos", "dist", "config", "templates"},
 ]

