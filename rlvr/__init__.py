@@ -5,11 +5,14 @@ Modules import only from their own layer or the ones below it, and no stage impo
 
 1. entry points: ``train`` (every training stage), ``evaluate`` (pass@k on benchmarks), ``convert`` (a GGUF
    model to an HF checkpoint)
-2. stages, one loop each: ``rl`` (GRPO, PPO and the policy-gradient family), ``sft``, ``dpo``, ``reward_model``,
-   ``rejection_sampling`` (best-of-N, expert iteration)
+2. stages, one loop each: ``rl`` (GRPO, PPO and the policy-gradient family; with a teacher, on-policy distillation:
+   ``stage: distill``), ``sft``, ``dpo``, ``reward_model``, ``rejection_sampling`` (best-of-N, expert iteration),
+   ``ai_feedback`` (RLAIF preference pairs from an LM judge), ``critique_revise`` (Constitutional AI's supervised
+   phase)
 3. what the loops are made of: ``run`` (the lifecycle: resume, signals, checkpoints, logging), ``sampler`` and
    ``vllm_sampler``, ``episodes`` (multi-turn rollouts with tools), ``learner``, ``rewards``, ``grading``
-   (generate and grade), ``plots``, ``packing``, ``supervised`` (the SFT loss step, held-out loss)
+   (generate and grade), ``plots``, ``packing``, ``supervised`` (the SFT loss step, held-out loss), ``judge``
+   (an LM judge: scores from token probabilities), ``chunks`` (generated data in resumable chunk files)
 4. foundations: ``rollout`` (the sampler-learner boundary), ``model``, ``data``, ``checkpoint`` (the on-disk
    format), ``log``
 5. ``algos`` (pure tensor math), ``dist``, ``config``, ``templates``

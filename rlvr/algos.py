@@ -2,7 +2,7 @@
 
 Shapes: B sequences, G samples per prompt (B = prompts x G), T completion tokens, V vocabulary.
 Masks are 1.0 on completion tokens that count and 0.0 on padding. Every function here is tested
-against hand-computed values in tests/test_algos.py and tests/test_algos_pg.py.
+against hand-computed values in tests/test_algos.py, tests/test_algos_pg.py and tests/test_distill.py.
 
 Advantage estimators, chosen by name from ``ADVANTAGES``, share one signature:
 
@@ -17,6 +17,9 @@ group_size only, and a kl_coef raises (their KL penalty belongs in the loss). ``
 into the reward as -kl_coef * kl (``token_rewards``), discount with gamma (and lam, gae's), and whiten over
 the batch's valid tokens (REINFORCE++ always, gae when whiten); reduce_sum (e.g. ``dist.all_reduce_sum``)
 makes that whitening span every rank's tokens. ``ADVANTAGES_WITH_CRITIC`` (gae) need values (B, T).
+
+``distill_advantages`` is on-policy distillation's per-token advantage: (B, T) log-probabilities of the student and
+a teacher -> the reverse KL's one-sample estimate, negated, optionally plus a verifier's advantages.
 
 Policy losses, chosen by name from ``POLICY_LOSSES``, share one signature:
 
@@ -37,7 +40,8 @@ training"), DAPO (Yu et al. 2025: clip-higher, dynamic sampling, token-level los
 KL estimators k1/k2/k3 (Schulman 2020, "Approximating KL divergence"), DPO (Rafailov et al. 2023),
 PPO (Schulman et al. 2017), GAE (Schulman et al. 2016), InstructGPT (Ouyang et al. 2022), RLOO
 (Ahmadian et al. 2024, "Back to basics"), REINFORCE++ (Hu 2025), GSPO (Zheng et al. 2025, "Group
-Sequence Policy Optimization"), CISPO (MiniMax 2025, "MiniMax-M1").
+Sequence Policy Optimization"), CISPO (MiniMax 2025, "MiniMax-M1"), on-policy distillation (Agarwal et al. 2024,
+"On-Policy Distillation of Language Models" (GKD); Lu & Thinking Machines 2025, "On-Policy Distillation").
 """
 
 from __future__ import annotations
@@ -215,6 +219,30 @@ ADVANTAGES = {
 }
 TOKEN_LEVEL_ADVANTAGES = frozenset({"reinforce_pp", "reinforce_pp_baseline", "gae"})  # take kl, gamma (lam) by token
 ADVANTAGES_WITH_CRITIC = frozenset({"gae"})  # need values (B, T): the learner must train a critic
+
+
+def distill_advantages(
+    student_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    reward_adv: torch.Tensor | None = None,
+    reward_coef: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """On-policy distillation (Agarwal et al. 2024, GKD; Thinking Machines 2025): the student's log-probabilities
+    of the tokens it sampled and the teacher's of the same tokens, mask (B, T) -> (advantages (B, T), reverse_kl
+    (B, T)), both zero on padding, no gradient.
+
+    reverse_kl = student - teacher, per token: the one-sample estimate of KL(student || teacher) at that position
+    (k1; the sample being the student's own). advantages = -kl_coef * reverse_kl + reward_coef * reward_adv, a
+    verifier's advantages (B,) or (B, T) (e.g. ``ADVANTAGES["grpo"]``'s). Each token is judged on its own, as in
+    Thinking Machines' recipe: no reward-to-go (discount 0), no group or batch normalisation of the KL part."""
+    reverse_kl = (student_logp - teacher_logp).detach() * mask  # (B, T)
+    adv = -kl_coef * reverse_kl
+    if reward_adv is not None and reward_coef:
+        adv = adv + reward_coef * _per_token(reward_adv.detach()) * mask
+    return adv * mask, reverse_kl
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -22,7 +22,7 @@ import yaml
 
 from rlvr import algos
 
-STAGES = ("rl", "sft", "dpo", "reward_model", "rejection_sampling")
+STAGES = ("rl", "sft", "dpo", "reward_model", "rejection_sampling", "ai_feedback", "critique_revise")
 # Names of earlier releases: a recipe that uses one gets an error naming the new one.
 RENAMED = {"grpo": "rl"}
 
@@ -294,6 +294,86 @@ class RewardModelConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """An LM judge (rlvr.judge): a chat model's next-token probabilities score answers against a rubric. Used by
+    ``stage: ai_feedback`` and by ``{verifier: judge}`` in a sampling stage's rewards."""
+
+    model: str = ""  # a local HF directory or hub id of a causal LM with a chat template
+    # yes_no: P(yes) among the tokens judge.yes / judge.no; rating: the expected 1-10 rating (1-9 where "10" is
+    # two tokens), mapped to [0, 1]
+    mode: Literal["yes_no", "rating"] = "yes_no"
+    rubric: str = ""  # the standard, inline ("" : rubric_file, else rlvr.judge.RUBRIC)
+    rubric_file: str = ""  # or a text file holding it (a constitution)
+    # The user message for one answer: {rubric}, {question}, {answer}, {top} (the rating scale's top); and for two,
+    # {answer_a}, {answer_b} in place of {answer}. "": the mode's default (rlvr.judge.PROMPTS)
+    prompt: str = ""
+    pairwise_prompt: str = ""
+    system: str = ""  # a system message before it ("": none)
+    response_prefix: str = ""  # text after the chat template's generation prompt, before the verdict token
+    # yes_no: the verdict tokens (each must be one token of the judge's tokenizer)
+    yes_token: str = "Yes"
+    no_token: str = "No"
+    chat_template: str = ""  # a Jinja chat template for a judge whose tokenizer has none
+    batch_seqs: int = 16  # prompts per forward pass
+    max_tokens: int = 2048  # a longer prompt is not judged (a failed verdict, a dropped pair)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class AIFeedbackConfig:
+    """RLAIF preference pairs (rlvr.ai_feedback): two policy samples of each prompt, compared by the judge in both
+    orders; the pairs it prefers clearly enough are written for ``stage: dpo`` / ``reward_model``."""
+
+    prompts: int = 0  # training prompts used, in dataset order (0: all)
+    chunk_prompts: int = 64  # prompts per chunk file: a stopped run resumes after its last complete chunk
+    # keep a pair when the judge's |P(a > b) - P(b > a)| reaches this; closer ones are ties and are dropped
+    margin: float = 0.1
+    # pairwise: the judge sees both answers, in both orders (judge.pairwise_prompt); pointwise: it scores each alone
+    # (judge.prompt) and P(a > b) = (s_a + 1 - s_b) / 2, for a judge that cannot compare (SmolLM2-135M-Instruct
+    # agrees with 25 of 30 clear pairs scoring them alone, 9 of 30 comparing them: tests/test_judge.py)
+    judge_by: Literal["pairwise", "pointwise"] = "pairwise"
+
+
+@dataclass
+class CritiqueReviseConfig:
+    """Constitutional AI's supervised phase (rlvr.critique_revise): sample an answer, critique it against a principle
+    drawn from the constitution, revise it; then fine-tune (the SFT loss) on the revisions."""
+
+    constitution: list[str] = field(default_factory=list)  # principles, inline ([]: constitution_file, else default)
+    constitution_file: str = ""  # or a file: a YAML/JSON list, or text with principles separated by blank lines
+    # Templates (user messages): critique {question} {answer} {principle}; revision adds {critique}.
+    # "": rlvr.critique_revise.CRITIQUE_PROMPT / REVISION_PROMPT
+    critique_prompt: str = ""
+    revision_prompt: str = ""
+    revisions: int = 1  # critique-revise rounds per answer, each with a newly drawn principle
+    prompts: int = 0  # training prompts used, in dataset order (0: all)
+    chunk_prompts: int = 64  # prompts per chunk file: a stopped run resumes after its last complete chunk
+    steps: int = 100  # SFT optimizer steps on the revisions
+    seqs_per_step: int = 32
+    micro_batch_seqs: int = 8
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    packing: bool = False  # pack revisions into rows of data.max_seq_tokens
+
+
+@dataclass
+class DistillConfig:
+    """On-policy distillation (``stage: distill``, rlvr.rl): the RL stage's loop and ``rl`` section (batch sizes,
+    optimiser, policy loss) with a frozen teacher that scores every token the student sampled. Each token's advantage
+    is -kl_coef x (student - teacher log-prob), the reverse KL's one-sample estimate (rlvr.algos.distill_advantages),
+    plus reward_coef x the advantage ``rl.advantage`` makes of the recipe's rewards."""
+
+    teacher: str = ""  # a local HF directory or hub id: a causal LM with the student's tokenizer (required)
+    teacher_dtype: Literal["", "float32", "bfloat16", "float16"] = ""  # "": model.dtype
+    kl_coef: float = 1.0
+    # > 0: the verifiers' advantages join the teacher's (0: the rewards are measured and logged, not learnt from)
+    reward_coef: float = 0.0
+
+
+@dataclass
 class DeepSpeedConfig:
     """The distributed learner (rlvr.learner, rlvr.dist): launch with torchrun or deepspeed for N ranks."""
 
@@ -324,7 +404,9 @@ class LogConfig:
 
 @dataclass
 class Config:
-    stage: Literal["rl", "sft", "dpo", "reward_model", "rejection_sampling"] = "rl"
+    stage: Literal[
+        "rl", "distill", "sft", "dpo", "reward_model", "rejection_sampling", "ai_feedback", "critique_revise"
+    ] = "rl"
     output_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -334,10 +416,14 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    ai_feedback: AIFeedbackConfig = field(default_factory=AIFeedbackConfig)
+    critique_revise: CritiqueReviseConfig = field(default_factory=CritiqueReviseConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     log: LogConfig = field(default_factory=LogConfig)
     cpu_threads: int = 0  # torch intra-op threads (0: torch's default); tiny models run fastest on 1
@@ -519,6 +605,9 @@ FOREIGN_KEYS = {
     "enable_gradient_checkpointing": "model.gradient_checkpointing",
     "report_to": "log.wandb.project, log.tensorboard",
     "packing": "sft.packing",
+    "teacher_model_name_or_path": "distill.teacher",
+    "teacher_model": "distill.teacher",
+    "opd_kl_coef": "distill.kl_coef",
 }
 
 
@@ -606,6 +695,7 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
     """Cross-field checks: batch-size divisibility, settings that contradict each other, local paths."""
     _validate_stages(cfg, source)
     _validate_lora(cfg, source)
+    _validate_feedback(cfg, source)
     _check_paths(cfg, source, lines or {})
     if cfg.log.wandb.project and importlib.util.find_spec("wandb") is None:
         raise ConfigError(
@@ -614,7 +704,7 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
         )
     g = cfg.rl
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun before the config loads
-    if cfg.stage == "rl" and g.prompts_per_step % world:
+    if cfg.stage in RL_LOOP_STAGES and g.prompts_per_step % world:
         raise ConfigError(
             f"{source}: rl.prompts_per_step={g.prompts_per_step} does not split over {world} "
             f"processes; make it a multiple of the number of processes"
@@ -631,12 +721,15 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
     ]:
         if v < 1:
             raise ConfigError(f"{source}: {name} must be at least 1, got {v}")
-    if g.samples_per_prompt < 2 and g.advantage not in ("reinforce_pp", "gae"):
+    no_groups = cfg.stage == "distill" and not cfg.distill.reward_coef  # the teacher judges each sample alone
+    if g.samples_per_prompt < 2 and g.advantage not in ("reinforce_pp", "gae") and not no_groups:
         raise ConfigError(
             f"{source}: rl.samples_per_prompt must be >= 2: rl.advantage={g.advantage} compares each "
             f"sample with its group (reinforce_pp and gae need no group)"
         )
     _validate_algorithm(g, source)
+    if cfg.stage == "distill":
+        _validate_distill(cfg, source)
     if seqs % g.optimizer_steps_per_pass:
         raise ConfigError(
             f"{source}: prompts_per_step x samples_per_prompt = {seqs} sequences per step do not split into "
@@ -668,6 +761,71 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
         raise ConfigError(
             f"{source}: env.max_turns must be >= 1, env.max_turn_tokens and env.workers >= 0 (0: their defaults)"
         )
+
+
+def _check_template(template: str, key: str, allowed: set[str], needed: set[str], source: str) -> None:
+    """A prompt template's {placeholders}: only ``allowed`` ones, every ``needed`` one."""
+    import string
+
+    try:
+        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+    except ValueError as e:
+        raise ConfigError(f"{source}: {key} is not a valid template ({e}); write literal braces as {{{{ }}}}") from None
+    if not template:
+        return
+    if names - allowed or needed - names:
+
+        def braces(ns):
+            return ", ".join("{" + n + "}" for n in sorted(ns)) or "none"
+
+        raise ConfigError(
+            f"{source}: {key} may use {braces(allowed)} and must use {braces(needed)}; it has {braces(names)}"
+        )
+
+
+def _validate_feedback(cfg, source: str) -> None:
+    """The judge, ai_feedback and critique_revise sections, where the stage or the rewards use them."""
+    j = cfg.judge
+    if cfg.stage == "ai_feedback" or (cfg.stage in SAMPLING_STAGES and any(r.verifier == "judge" for r in cfg.rewards)):
+        if not j.model:
+            raise ConfigError(f"{source}: judge.model is empty; give a chat model (a local directory or a hub id)")
+        if j.rubric and j.rubric_file:
+            raise ConfigError(f"{source}: judge.rubric and judge.rubric_file are both set; keep one")
+        if j.batch_seqs < 1 or j.max_tokens < 1:
+            raise ConfigError(f"{source}: judge.batch_seqs and judge.max_tokens must be at least 1")
+        base = {"rubric", "question", "top"}
+        _check_template(j.prompt, "judge.prompt", base | {"answer"}, {"answer"}, source)
+        _check_template(
+            j.pairwise_prompt,
+            "judge.pairwise_prompt",
+            base | {"answer_a", "answer_b"},
+            {"answer_a", "answer_b"},
+            source,
+        )
+    a, c = cfg.ai_feedback, cfg.critique_revise
+    if cfg.stage == "ai_feedback" and (a.prompts < 0 or a.chunk_prompts < 1 or not 0 <= a.margin < 1):
+        raise ConfigError(f"{source}: ai_feedback needs prompts >= 0 (0: all), chunk_prompts >= 1 and margin in [0, 1)")
+    if cfg.stage == "critique_revise":
+        for name in ("revisions", "chunk_prompts", "steps", "seqs_per_step", "micro_batch_seqs"):
+            if getattr(c, name) < 1:
+                raise ConfigError(f"{source}: critique_revise.{name} must be at least 1, got {getattr(c, name)}")
+        if c.seqs_per_step % c.micro_batch_seqs or c.prompts < 0:
+            raise ConfigError(
+                f"{source}: critique_revise.seqs_per_step={c.seqs_per_step} must be a multiple of micro_batch_seqs="
+                f"{c.micro_batch_seqs}, and critique_revise.prompts >= 0 (0: all)"
+            )
+        if c.constitution and c.constitution_file:
+            raise ConfigError(f"{source}: critique_revise.constitution and constitution_file are both set; keep one")
+        qa = {"question", "answer", "principle"}
+        _check_template(c.critique_prompt, "critique_revise.critique_prompt", qa, {"answer", "principle"}, source)
+        _check_template(
+            c.revision_prompt, "critique_revise.revision_prompt", qa | {"critique"}, {"answer", "critique"}, source
+        )
+    for key, path in (("judge.rubric_file", j.rubric_file), ("critique_revise.constitution_file", c.constitution_file)):
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{source}: {key} {path!r} is not a file (relative paths are from {Path.cwd()})")
+    if cfg.stage in ("ai_feedback", "critique_revise") and cfg.env.name != "none":
+        raise ConfigError(f"{source}: stage {cfg.stage} samples single-turn answers; set env.name: none")
 
 
 def _validate_lora(cfg, source: str) -> None:
@@ -714,6 +872,31 @@ def _validate_algorithm(g: RLConfig, source: str) -> None:
         raise ConfigError(f"{source}: rl.gamma must be in (0, 1], rl.lam in [0, 1] and rl.critic.value_clip >= 0")
 
 
+def _validate_distill(cfg, source: str) -> None:
+    """The distill section, and the rl settings it cannot run with."""
+    d, g = cfg.distill, cfg.rl
+    if not d.teacher:
+        raise ConfigError(
+            f"{source}: stage distill needs distill.teacher: a local HF model directory or hub id of a causal LM with "
+            f"the student's tokenizer (e.g. rlvr/tiny/zero_model for the tiny model)"
+        )
+    if d.kl_coef < 0 or d.reward_coef < 0 or not (d.kl_coef or d.reward_coef):
+        raise ConfigError(
+            f"{source}: distill.kl_coef and distill.reward_coef must be >= 0 and not both 0 (got {d.kl_coef}, "
+            f"{d.reward_coef}); kl_coef > 0 learns from the teacher"
+        )
+    if g.advantage in algos.ADVANTAGES_WITH_CRITIC:
+        raise ConfigError(
+            f"{source}: stage distill with rl.advantage={g.advantage}: the teacher gives every token its advantage, a "
+            f"critic has nothing to learn; for distill.reward_coef pick grpo, drgrpo, rloo or reinforce_pp(_baseline)"
+        )
+    if g.kl_penalty == "reward" and not d.reward_coef:
+        raise ConfigError(
+            f"{source}: rl.kl_penalty=reward shapes the verifiers' advantages, which distill.reward_coef=0 leaves "
+            f"out: use rl.kl_penalty: loss, or set distill.reward_coef > 0"
+        )
+
+
 def _validate_stages(cfg, source: str) -> None:
     """Batch sizes of the SFT, DPO and reward-model sections: positive, and micro-batches divide steps."""
     for sec, per_step, micro in (
@@ -735,7 +918,7 @@ def _validate_stages(cfg, source: str) -> None:
     ds = getattr(cfg, "deepspeed", None)
     if ds is not None and ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: deepspeed.zero_stage must be 0 (plain torch), 1, 2 or 3, got {ds.zero_stage}")
-    if ds is not None and ds.zero_stage == 3 and cfg.stage == "rl" and cfg.sampler.backend == "hf":
+    if ds is not None and ds.zero_stage == 3 and cfg.stage in RL_LOOP_STAGES and cfg.sampler.backend == "hf":
         raise ConfigError(
             f"{source}: deepspeed.zero_stage=3 shards the weights the hf sampler generates with; "
             f"use sampler.backend=vllm, or deepspeed.zero_stage=2"
@@ -808,12 +991,16 @@ def _check_paths(cfg: Config, source: str, lines: dict[str, int]) -> None:
     ]
     if cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards):
         paths.append(("reward_model.scorer", cfg.reward_model.scorer, _model_is_local))
-    if cfg.stage == "rl" and cfg.rl.ptx_coef:
+    if cfg.stage in RL_LOOP_STAGES and cfg.rl.ptx_coef:
         if not cfg.data.ptx:
             raise ConfigError(f"{source}: rl.ptx_coef={cfg.rl.ptx_coef} needs SFT rows to learn from: set data.ptx")
         paths.append(("data.ptx", cfg.data.ptx, _data_is_local))
-    if cfg.stage == "rl" and cfg.rl.advantage in algos.ADVANTAGES_WITH_CRITIC:
+    if cfg.stage == "ai_feedback" or (cfg.stage in SAMPLING_STAGES and any(r.verifier == "judge" for r in cfg.rewards)):
+        paths.append(("judge.model", cfg.judge.model, _model_is_local))
+    if cfg.stage in RL_LOOP_STAGES and cfg.rl.advantage in algos.ADVANTAGES_WITH_CRITIC:
         paths.append(("rl.critic.path", cfg.rl.critic.path, _model_is_local))
+    if cfg.stage == "distill":
+        paths.append(("distill.teacher", cfg.distill.teacher, _model_is_local))
     for key, value, is_local in paths:
         if value and is_local(value) and not Path(value).expanduser().exists():
             raise ConfigError(
@@ -835,12 +1022,16 @@ def _data_is_local(path: str) -> bool:
 # the printed and saved config holds only those.
 STAGE_SECTIONS = {
     "rl": ("sampler", "rewards", "rl", "env", "eval"),
+    "distill": ("sampler", "rewards", "rl", "env", "eval", "distill"),
     "sft": ("sampler", "sft"),
     "dpo": ("dpo",),
     "reward_model": ("reward_model",),
     "rejection_sampling": ("sampler", "rewards", "rejection_sampling", "eval"),
+    "ai_feedback": ("sampler", "judge", "ai_feedback"),
+    "critique_revise": ("sampler", "critique_revise"),
 }
-SAMPLING_STAGES = ("rl", "rejection_sampling")  # the stages that score samples with the recipe's rewards
+SAMPLING_STAGES = ("rl", "distill", "rejection_sampling")  # the stages that score samples with the recipe's rewards
+RL_LOOP_STAGES = ("rl", "distill")  # the stages rlvr.rl runs: they read the rl section
 
 
 def to_dict(cfg) -> dict:
@@ -850,6 +1041,8 @@ def to_dict(cfg) -> dict:
         own = set(STAGE_SECTIONS[cfg.stage])
         if cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards):
             own.add("reward_model")  # its scorer
+        if cfg.stage in SAMPLING_STAGES and any(r.verifier == "judge" for r in cfg.rewards):
+            own.add("judge")
         for other in {sec for secs in STAGE_SECTIONS.values() for sec in secs} - own:
             out.pop(other)
     return out

@@ -37,7 +37,8 @@ def is_batch_function(fn) -> bool:
 
 
 def _call_batch(fn, prompts, completions, problems, errors: list) -> list[float | None]:
-    columns: dict[str, list] = {"answer": [p.answer for p in problems]}
+    # the raw question too (the rendered prompt is ``prompts``): an LM judge reads it, as TRL passes dataset columns
+    columns: dict[str, list] = {"answer": [p.answer for p in problems], "question": [p.question for p in problems]}
     for key in problems[0].meta if problems else ():
         if all(key in p.meta for p in problems):
             columns.setdefault(key, [p.meta[key] for p in problems])

@@ -19,6 +19,13 @@ learner/sampler ratio).
 The KL to the reference goes in the loss, or (``rl.kl_penalty: reward``) into every token's reward. The
 algorithm math lives in ``rlvr.algos``; the run's lifecycle (resume, signals, checkpoints, logging) in
 ``rlvr.run``.
+
+``stage: distill`` (on-policy distillation) is this loop with a teacher: a frozen causal LM with the student's
+tokenizer (``distill.teacher``) scores, in the learner's micro-batches, the very token ids the student sampled, and
+each token's advantage is -``distill.kl_coef`` x (student - teacher log-prob), the reverse KL's one-sample estimate,
+plus ``distill.reward_coef`` x the verifiers' advantage. The policy loss, its clipping and the rest are the RL stage's.
+
+    python -m rlvr.train recipes/tiny_distill.yaml     # the GRPO-trained tiny model teaches the base one (CPU)
 """
 
 from __future__ import annotations
@@ -138,9 +145,12 @@ class SyncProbe:
 
 
 def train(cfg) -> dict:
-    run = Run(cfg, cfg.rl, show={"reward": "reward/total", "acc": "accuracy"})
+    distill = cfg.stage == "distill"
+    show = {"reward": "reward/total", "acc": "accuracy"} | ({"kl": "distill/reverse_kl"} if distill else {})
+    run = Run(cfg, cfg.rl, show=show)
     g, d = cfg.rl, cfg.data
     model, tok = model_lib.load(run.model_config(cfg.model))  # the reference below stays the base model
+    teacher = load_teacher(cfg, tok) if distill else None  # frozen, on every rank, like the reference
     ref_model = None
     if g.beta > 0:  # with LoRA, the policy itself with its adapters off (targets): no second copy
         ref_model = model if model_lib.is_lora(model) else model_lib.load(cfg.model)[0].eval().requires_grad_(False)
@@ -188,7 +198,7 @@ def train(cfg) -> dict:
             if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
                 t0 = time.time()
                 sampler.sleep()
-                metrics.update(learn(learner, ref_model, batch, cfg, sampler.pad_id, step, critic, ptx))
+                metrics.update(learn(learner, ref_model, batch, cfg, sampler.pad_id, step, critic, ptx, teacher))
                 sampler.wake()
                 sampler.update_weights(learner.named_parameters_for_sync())
                 metrics.update(batch_metrics(batch, metrics["perf/sample_s"], time.time() - t0, g.passes_per_step))
@@ -203,6 +213,55 @@ def train(cfg) -> dict:
         plot_run(str(run.out))
     dist.print0(f"({summary['wall_s']} s; outputs in {run.out}, curves in {run.out / 'curves.png'})")
     return summary
+
+
+def load_teacher(cfg, student_tok):
+    """``distill.teacher`` -> the frozen teacher (eval mode, no gradients; in ``distill.teacher_dtype``), once its
+    tokenizer is known to read token ids as the student's writes them (before its weights load)."""
+    from transformers import AutoTokenizer
+
+    d, m = cfg.distill, cfg.model
+    try:
+        teacher_tok = AutoTokenizer.from_pretrained(d.teacher, trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise model_lib.ModelError(f"distill.teacher {d.teacher!r}: could not load its tokenizer: {e}") from None
+    check_same_tokenizer(student_tok, teacher_tok, cfg)
+    dtype = d.teacher_dtype or m.dtype
+    teacher_cfg = dataclasses.replace(m, path=d.teacher, dtype=dtype, lora=LoraConfig(), gradient_checkpointing=False)
+    return model_lib.load(teacher_cfg)[0].eval().requires_grad_(False)
+
+
+def check_same_tokenizer(student, teacher, cfg) -> None:
+    """The teacher scores the student's token ids as they are, so both tokenizers must map the same strings to the
+    same ids and agree on the special tokens (the student's EOS ends a sample: the teacher must read it as its EOS
+    too); else a ModelError naming ``distill.teacher`` and what differs."""
+    sv, tv = student.get_vocab(), teacher.get_vocab()
+    diffs = []
+    if sv != tv:
+        moved = sorted(k for k in sv.keys() & tv.keys() if sv[k] != tv[k])
+        parts = [
+            f"{len(ks)} {what}, e.g. {ks[:3]}"
+            for ks, what in (
+                (sorted(sv.keys() - tv.keys()), "only the student's"),
+                (sorted(tv.keys() - sv.keys()), "only the teacher's"),
+                ([(k, sv[k], tv[k]) for k in moved], "with other ids (token, student's, teacher's)"),
+            )
+            if ks
+        ]
+        diffs.append(f"the vocabularies differ ({len(sv)} tokens against the teacher's {len(tv)}: {'; '.join(parts)})")
+    for name in ("eos_token", "bos_token"):
+        a, b = getattr(student, name, None), getattr(teacher, name, None)
+        if a != b:
+            diffs.append(f"{name} is {a!r} for the student, {b!r} for the teacher")
+    a, b = set(student.all_special_tokens), set(teacher.all_special_tokens)
+    if a != b:
+        diffs.append(f"special tokens only the student's: {sorted(a - b)}, only the teacher's: {sorted(b - a)}")
+    if diffs:
+        raise model_lib.ModelError(
+            f"distill.teacher {cfg.distill.teacher!r} does not share the student's tokenizer (model.path "
+            f"{cfg.model.path!r}): {'; '.join(diffs)}. The teacher scores the exact token ids the student samples: "
+            f"pick a teacher of the student's family (e.g. Qwen/Qwen2.5-1.5B-Instruct for Qwen/Qwen2.5-0.5B-Instruct)"
+        )
 
 
 def check_sync(probe: SyncProbe | None, learner, sampler, cfg, run: Run, step: int, at_start: dict) -> float:
@@ -349,6 +408,7 @@ class Targets:
     values: torch.Tensor | None = None  # the critic's, before the step
     returns: torch.Tensor | None = None  # the critic's targets
     kl_reward: torch.Tensor | None = None  # rl.kl_penalty: reward: the per-token KL folded into the rewards
+    teacher: torch.Tensor | None = None  # stage distill: the teacher's log-probs of the sampled tokens
 
 
 @dataclass
@@ -392,11 +452,13 @@ def learn(
     step: int,
     critic: Learner | None = None,
     ptx: Ptx | None = None,
+    teacher=None,
 ) -> dict:
     """loss -> step: passes x optimizer steps over the batch, micro-batched, exact loss normalisation; the
-    critic (``rl.advantage: gae``) learns its values beside the policy, micro-batch by micro-batch."""
+    critic (``rl.advantage: gae``) learns its values beside the policy, micro-batch by micro-batch; a
+    ``teacher`` (stage distill) gives every token its advantage."""
     g, B, group_size = cfg.rl, len(batch), batch.group_size
-    t = targets(learner, ref_model, critic, batch, cfg, pad_id)
+    t = targets(learner, ref_model, critic, batch, cfg, pad_id, teacher)
     per_opt = math.ceil(B / g.optimizer_steps_per_pass)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     tally = Tally()
@@ -426,9 +488,10 @@ def learn(
     return learn_metrics(tally, t, cfg)
 
 
-def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int) -> Targets:
+def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int, teacher=None) -> Targets:
     """The no-grad scoring before the update: the reference's log-probs (KL), the learner's own (TIS), the
-    critic's values, then the advantages (and the critic's returns) of the whole batch."""
+    critic's values, the teacher's log-probs (distill), then the advantages (and the critic's returns) of the
+    whole batch."""
     g = cfg.rl
     device = next(learner.module.parameters()).device
     old, mask = batch.sampler_logprobs().to(device), batch.token_mask().to(device)
@@ -445,8 +508,16 @@ def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int) -> Targe
     values = score(critic.forward, batch, cfg, pad_id, collective=True, values=True) if critic is not None else None
     # InstructGPT's shaping: -beta x KL(policy that sampled || reference) on every token's reward
     kl = algos.kl_estimate(prox, ref, g.kl_estimator) * mask if ref is not None and g.kl_penalty == "reward" else None
-    adv, returns = advantages(batch, cfg, mask, values, kl)
-    return Targets(batch, mask, old, prox, adv, is_weight, ref if g.kl_penalty == "loss" else None, values, returns, kl)
+    teach = None if teacher is None else score(lambda fn, *a, **kw: fn(teacher, *a, **kw), batch, cfg, pad_id)
+    mixed = teacher is None or cfg.distill.reward_coef  # pure distillation needs no verifier advantage
+    adv, returns = advantages(batch, cfg, mask, values, kl) if mixed else (None, None)
+    if teach is not None:  # the student's log-probs: the sampler's (or, TIS, the learner's), before the step
+        d = cfg.distill
+        adv, _ = algos.distill_advantages(
+            prox, teach, mask, kl_coef=d.kl_coef, reward_adv=adv, reward_coef=d.reward_coef
+        )
+    ref = ref if g.kl_penalty == "loss" else None
+    return Targets(batch, mask, old, prox, adv, is_weight, ref, values, returns, kl, teach)
 
 
 def advantages(batch: Batch, cfg, mask: torch.Tensor, values=None, kl=None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -554,6 +625,9 @@ def learn_metrics(tally: Tally, t: Targets, cfg) -> dict:
         out["ptx/loss"] = sums["ptx/loss"] / n_opt
     if t.kl_reward is not None:  # the KL each token's reward paid, before the step
         out["kl"] = dist.global_sum(float(t.kl_reward.sum())) / n_tok
+    if t.teacher is not None:  # per token of the batch, the policy that sampled it against the teacher
+        out["distill/reverse_kl"] = dist.global_sum(float(((t.prox - t.teacher) * t.mask).sum())) / n_tok
+        out["distill/teacher_logprob"] = dist.global_sum(float((t.teacher * t.mask).sum())) / n_tok
     return out
 
 

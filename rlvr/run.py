@@ -146,7 +146,7 @@ class Run:
             raise RunStopped(
                 f"stopped at step {step}: {self.bad_steps} steps in a row had a non-finite loss or gradient (skipped, "
                 f"so the weights in {path} are the last finite ones). Check the data and rewards for NaN, lower "
-                f"{cfg.stage}.lr, then --resume={path}"
+                f"{'rl' if cfg.stage == 'distill' else cfg.stage}.lr, then --resume={path}"
             )
         if signum:
             raise RunStopped(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from rlvr.checkpoint import CheckpointError
-from rlvr.config import SAMPLING_STAGES, ConfigError, load_config, parse_cli, set_where
+from rlvr.config import RL_LOOP_STAGES, SAMPLING_STAGES, ConfigError, load_config, parse_cli, set_where
 from rlvr.data import DataError
 from rlvr.model import ModelError
 from rlvr.run import RunStopped
@@ -26,7 +26,7 @@ SAME_ON_EVERY_RANK = (ConfigError, DataError, ModelError, CheckpointError, RunSt
 
 def run(recipe: str, **overrides):
     cfg = load_config(recipe, overrides)
-    if cfg.stage == "rl":
+    if cfg.stage in RL_LOOP_STAGES:  # rl, and distill: the same loop with a teacher
         from rlvr import episodes
         from rlvr.rl import train
 
@@ -40,6 +40,10 @@ def run(recipe: str, **overrides):
         from rlvr.reward_model import train
     elif cfg.stage == "rejection_sampling":
         from rlvr.rejection_sampling import train
+    elif cfg.stage == "ai_feedback":
+        from rlvr.ai_feedback import train
+    elif cfg.stage == "critique_revise":
+        from rlvr.critique_revise import train
     else:
         raise ConfigError(f"{recipe}: stage {cfg.stage!r} is not available")
     uses_rm = cfg.stage in SAMPLING_STAGES and any(r.verifier == "reward_model" for r in cfg.rewards)
@@ -47,6 +51,10 @@ def run(recipe: str, **overrides):
         from rlvr import reward_model
 
         reward_model.register_verifier(cfg.reward_model)
+    if cfg.stage in SAMPLING_STAGES and any(r.verifier == "judge" for r in cfg.rewards):
+        from rlvr import judge  # an LM judge, registered in-process like the reward model
+
+        judge.register_verifier(cfg.judge)
     summary = train(cfg)
     if uses_rm:  # the figure of a chat-RL run: the reward model's score of held-out greedy replies
         summary = reward_model.score_eval_samples(cfg, summary)

@@ -17,7 +17,7 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 def test_every_recipe_loads_and_validates(recipe):
     # A recipe that continues another's output (runs/...) is loaded with the shipped model in its place.
     raw = yaml.safe_load(recipe.read_text())
-    keys = ("model.path", "reward_model.scorer", "rl.critic.path")
+    keys = ("model.path", "reward_model.scorer", "rl.critic.path", "judge.model")
     chained = {k: str(TINY_MODEL) for k in keys if str(_get(raw, k)).startswith("runs/")}
     cfg = load_config(recipe, chained)
     assert cfg.output_dir == f"runs/{recipe.stem}", "a recipe writes to runs/<its name>"

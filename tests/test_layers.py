@@ -10,8 +10,21 @@ from conftest import REPO
 
 LAYERS = [
     {"train", "evaluate", "convert"},
-    {"rl", "sft", "dpo", "reward_model", "rejection_sampling"},
-    {"run", "sampler", "vllm_sampler", "episodes", "learner", "rewards", "grading", "plots", "packing", "supervised"},
+    {"rl", "sft", "dpo", "reward_model", "rejection_sampling", "ai_feedback", "critique_revise"},
+    {
+        "run",
+        "sampler",
+        "vllm_sampler",
+        "episodes",
+        "learner",
+        "rewards",
+        "grading",
+        "plots",
+        "packing",
+        "supervised",
+        "judge",
+        "chunks",
+    },
     {"rollout", "model", "data", "checkpoint", "log"},
     {"algos", "dist", "config", "templates"},
 ]

@@ -33,7 +33,8 @@ from conftest import REPO, TINY_MODEL, assert_close_norm, torchrun
 from test_packing import fp32_rel
 
 from rlvr import model as model_lib
-from rlvr.config import ModelConfig, SamplerConfig
+from rlvr.config import DeepSpeedConfig, LoraConfig, ModelConfig, SamplerConfig
+from rlvr.learner import Learner
 from rlvr.rollout import Rollout
 from rlvr.vllm_sampler import VLLMSampler
 
@@ -166,6 +167,21 @@ def test_weight_sync_after_learner_step_and_sleep_wake(setup):
     print(f"weight sync: ||engine - learner|| log-probs = {diff:.2g} of the bound")
 
 
+def test_lora_sync_hands_the_engine_merged_weights(setup):
+    """A LoRA policy (peft) after a real step: the engine, given the learner's sync (the base weights with each
+    adapter's delta merged in, under the plain model's names), scores as the adapted learner does."""
+    _, sampler, prompt = setup
+    lora_model, _ = model_lib.load(ModelConfig(path=str(TINY_MODEL), lora=LoraConfig(r=8, alpha=16)))
+    learner = Learner(lora_model, DeepSpeedConfig(), lr=1e-2)
+    seq = prompt + [5, 17, 21, 30, 44, 9, 0]
+    before = learner_seq_logprobs(lora_model, seq)
+    learner_step(lora_model, sample(sampler, prompt, seed=8))
+    assert (learner_seq_logprobs(lora_model, seq) - before).abs().mean() > MOVED_MIN  # the adapters moved it
+    sampler.update_weights(learner.named_parameters_for_sync())
+    diff = assert_synced(lora_model, sampler, prompt, seed=9)
+    print(f"LoRA weight sync: ||engine - learner|| log-probs = {diff:.2g} of the bound")
+
+
 STALE_RUN = """
 import sys
 from rlvr import vllm_sampler
@@ -177,9 +193,11 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path):
+@pytest.mark.parametrize("lora", [[], ["--model.lora.r=8", "--rl.lr=5e-3"]], ids=["full", "lora"])
+def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path, lora):
     """One run on the vllm backend whose weight push drops one tensor: the weight-sync guard stops it before step 2
-    samples, with step 1's state saved; before step 1 the engine (loaded from the same files) passes the guard."""
+    samples, with step 1's state saved; before step 1 the engine (loaded from the same files) passes the guard.
+    With LoRA the push is the merged weights: the tensor left out is the merged down_proj."""
     (tmp_path / "parity.py").write_text(
         "def parity(prompts, completions, **kw):\n    return [len(c) % 2.0 for c in completions]\n"
     )
@@ -196,6 +214,7 @@ def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path):
         "--sampler.max_new_tokens=16",
         "--eval.problems=4",
         f"--output_dir={tmp_path / 'run'}",
+        *lora,
     ]
     res = subprocess.run(
         [sys.executable, "-c", STALE_RUN, *args],
@@ -211,13 +230,16 @@ def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path):
     stale = out.split("gap| of ")[1].split()[0]
     print(f"probe gap (fp32): healthy before step 1 {row['sync/probe_gap']:.3g}, one tensor left out {stale}")
     assert row["grad_norm"] > 0 and row["sync/probe_gap"] <= 1e-4
-    assert (tmp_path / "run" / "checkpoints" / "step_1" / "model.safetensors").exists()
+    saved = "adapter_model.safetensors" if lora else "model.safetensors"  # a LoRA checkpoint holds the adapter
+    assert (tmp_path / "run" / "checkpoints" / "step_1" / saved).exists()
 
 
-def test_a_resumed_run_samples_from_the_checkpoints_weights(tmp_path):
+@pytest.mark.parametrize("lora", [[], ["--model.lora.r=8", "--rl.lr=5e-3"]], ids=["full", "lora"])
+def test_a_resumed_run_samples_from_the_checkpoints_weights(tmp_path, lora):
     """A resumed vllm run must start its engine from the checkpoint, not from model.path: the
     weight-sync guard (on by default) stops it before step 2 otherwise. Every group learns (a parity reward),
-    so step 1 moves the weights away from the base model's."""
+    so step 1 moves the weights away from the base model's. With LoRA the engine loads the base model and is given
+    the checkpoint's adapter merged in; every healthy sync stays under the guard's threshold."""
     (tmp_path / "parity.py").write_text(
         "def parity(prompts, completions, **kw):\n    return [len(c) % 2.0 for c in completions]\n"
     )
@@ -226,7 +248,7 @@ def test_a_resumed_run_samples_from_the_checkpoints_weights(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     args = [str(tmp_path / "recipe.yaml"), "--sampler.backend=vllm", "--rl.prompts_per_step=4"]
     args += ["--rl.samples_per_prompt=4", "--rl.micro_batch_seqs=16", "--sampler.max_new_tokens=16"]
-    args += ["--eval.problems=4", "--checkpoint_every=1", f"--output_dir={tmp_path / 'run'}"]
+    args += ["--eval.problems=4", "--checkpoint_every=1", f"--output_dir={tmp_path / 'run'}", *lora]
     for extra in (["--rl.steps=2"], ["--rl.steps=3", "--resume=auto"]):
         res = subprocess.run(
             [sys.executable, "-m", "rlvr.train", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=900
