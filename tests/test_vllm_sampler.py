@@ -234,7 +234,11 @@ def test_sync_guard_stops_a_run_whose_sync_leaves_a_tensor_out(tmp_path, lora):
     assert (tmp_path / "run" / "checkpoints" / "step_1" / saved).exists()
 
 
-@pytest.mark.parametrize("lora", [[], ["--model.lora.r=8", "--rl.lr=5e-3"]], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "lora",
+    [[], pytest.param(["--model.lora.r=8", "--rl.lr=5e-3"], marks=pytest.mark.slow)],  # ~80 s: slow suite
+    ids=["full", "lora"],
+)
 def test_a_resumed_run_samples_from_the_checkpoints_weights(tmp_path, lora):
     """A resumed vllm run must start its engine from the checkpoint, not from model.path: the
     weight-sync guard (on by default) stops it before step 2 otherwise. Every group learns (a parity reward),
