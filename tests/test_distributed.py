@@ -126,6 +126,14 @@ def test_two_processes_zero3_match_one(tmp_path, reference):
     _check(tmp_path, 3, reference)
 
 
+@pytest.mark.slow
+def test_two_processes_zero3_with_lora_match_one(tmp_path, lora_reference):
+    """ZeRO-3 shards the frozen base and the adapters alike: the merged sync, the adapter checkpoint and resume
+    gather them (rlvr.learner's _merged, _save_adapter)."""
+    _launch(tmp_path, "3lora")
+    _check(tmp_path, "3_lora", lora_reference)
+
+
 def test_single_process_is_a_world_of_one():
     assert (dist.world_size(), dist.rank(), dist.is_main()) == (1, 0, True)
     dist.init()  # no launcher: no process group
