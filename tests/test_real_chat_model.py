@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_DATA
 
 pytestmark = pytest.mark.slow
@@ -101,15 +102,15 @@ def test_two_grpo_steps_of_the_smollm2_recipe(smollm2, tmp_path):
             "rl.steps": 2,
             "rl.prompts_per_step": 4,
             "eval.problems": 4,
-            "cpu_threads": 1,
         },
     )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    budget = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["sampler"]["max_new_tokens"]
     assert [r["step"] for r in rows] == [1, 2] and s["steps"] == 2
     for r in rows:
         assert r["sync/probe_gap"] == 0.0  # the hf sampler scores with the learner's own module
         assert 0.0 <= r["reward/math"] <= 1.0 and r["reward/total"] == r["reward/math"]
-        assert 0 < r["response/len"] <= 64 and math.isfinite(r["loss/total"])
+        assert 0 < r["response/len"] <= budget and math.isfinite(r["loss/total"])
     assert all(math.isfinite(r["grad_norm"]) for r in rows) and max(r["grad_norm"] for r in rows) > 0
     assert 0.0 <= s["eval_initial"]["accuracy"] <= 1.0 and 0.0 <= s["eval_final"]["accuracy"] <= 1.0
     before, after = (
