@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 
 from rlvr import chunks, data as data_lib, dist, judge as judge_lib, model as model_lib
-from rlvr.log import write_json_atomic
+from rlvr.log import write_json_atomic, write_jsonl_atomic
 from rlvr.sampler import make_sampler
 
 DROPS = ("tie", "identical", "truncated", "too_long")
@@ -66,7 +66,7 @@ def train(cfg) -> dict:
             f"sampler.max_new_tokens; too_long: raise judge.max_tokens"
         )
     if dist.is_main():
-        chunks.write_jsonl_atomic(out / "pairs.jsonl", pairs)
+        write_jsonl_atomic(out / "pairs.jsonl", pairs)
         write_json_atomic(out / "summary.json", summary)
     dist.print0(f"ai feedback done: {summary}  (pairs: {out / 'pairs.jsonl'})")
     return summary

@@ -14,24 +14,13 @@ checkpoints.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from rlvr import config as config_lib, data as data_lib, dist
-from rlvr.log import prepare_output_dir, write_json_atomic
+from rlvr.log import prepare_output_dir, write_json_atomic, write_jsonl_atomic
 from rlvr.run import seed_everything
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Write-then-rename: a stopped run leaves the whole file or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def generate(directory: Path, n_items: int, per_chunk: int, make, resume: bool) -> tuple[list[dict], int]:

@@ -36,6 +36,7 @@ import yaml
 
 from rlvr import chunks, data as data_lib, dist, model as model_lib
 from rlvr.learner import Learner
+from rlvr.log import write_jsonl_atomic
 from rlvr.run import Run
 from rlvr.sampler import make_sampler
 from rlvr.supervised import sft_step
@@ -101,7 +102,7 @@ def train(cfg) -> dict:
             f"raise sampler.max_new_tokens; too_long: lower it or data.max_prompt_tokens, or use a longer-context model"
         )
     if run.main:
-        chunks.write_jsonl_atomic(run.out / "revisions.jsonl", kept)
+        write_jsonl_atomic(run.out / "revisions.jsonl", kept)
     dist.print0(f"revisions: {info}  ({run.out / 'revisions.jsonl'})")
     convs = [data_lib.Conversation(m, f"{run.out / 'revisions.jsonl'}:{i + 1}") for i, m in enumerate(chats(kept, d))]
     train_rows = data_lib.make_rows(data_lib.encode_chats(convs, tok, d), c.packing, d.max_seq_tokens, cfg.seed)

@@ -363,6 +363,22 @@ def load_prompt_set(source: str, split: str, d, tokenizer, limit: int | None = N
     return PromptSet(problems, prompts, [tokenizer.decode(p) for p in prompts])
 
 
+def load_train_test(cfg, tokenizer, context: int | None) -> tuple[PromptSet, PromptSet]:
+    """The sampling stages' problems: ``data.train`` and the first ``eval.problems`` of ``data.test``, rendered;
+    the longest prompt plus ``sampler.max_new_tokens`` must fit the model's ``context``."""
+    d = cfg.data
+    train_set = load_prompt_set(d.train, d.train_split, d, tokenizer)
+    test_set = load_prompt_set(d.test, d.test_split, d, tokenizer, limit=cfg.eval.problems)
+    check_context(
+        train_set.prompts + test_set.prompts,
+        cfg.sampler.max_new_tokens,
+        context,
+        "sampler.max_new_tokens",
+        "lower it or data.max_prompt_tokens",
+    )
+    return train_set, test_set
+
+
 def check_context(prompts: list[list[int]], max_new_tokens: int, context: int | None, setting: str, fix: str) -> None:
     """The longest prompt plus the generation budget (``setting``) must fit the model's context (None: unknown)."""
     longest = max(map(len, prompts), default=0)

@@ -44,9 +44,18 @@ def read_records(path: Path) -> list[dict]:
 
 def write_json_atomic(path: Path, data) -> None:
     """Write-then-rename: a crash leaves the old file or the new one, never half of one."""
+    _write_atomic(path, json.dumps(data, indent=1))
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """``rows`` one JSON object a line, written then renamed like ``write_json_atomic``."""
+    _write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

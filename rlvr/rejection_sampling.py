@@ -35,7 +35,6 @@ fresh run samples every round anew.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 
@@ -43,7 +42,7 @@ import torch
 
 from rlvr import algos, data as data_lib, dist, grading, model as model_lib, rewards as rewards_lib
 from rlvr.learner import Learner
-from rlvr.log import write_json_atomic
+from rlvr.log import write_json_atomic, write_jsonl_atomic
 from rlvr.run import Run
 from rlvr.sampler import make_sampler
 from rlvr.supervised import sft_step
@@ -99,16 +98,7 @@ def train(cfg) -> dict:
     run = Run(cfg, cfg.rejection_sampling, show={"loss": "loss"})
     s, d = cfg.rejection_sampling, cfg.data
     model, tok = model_lib.load(run.model_config(cfg.model))
-    train_set = data_lib.load_prompt_set(d.train, d.train_split, d, tok)
-    test_set = data_lib.load_prompt_set(d.test, d.test_split, d, tok, limit=cfg.eval.problems)
-    context = getattr(model.config, "max_position_embeddings", None)
-    data_lib.check_context(
-        train_set.prompts + test_set.prompts,
-        cfg.sampler.max_new_tokens,
-        context,
-        "sampler.max_new_tokens",
-        "lower it or data.max_prompt_tokens",
-    )
+    train_set, test_set = data_lib.load_train_test(cfg, tok, getattr(model.config, "max_position_embeddings", None))
     learner = Learner.for_stage(model, cfg.deepspeed, s)
     policy = Policy(make_sampler(cfg.sampler, run.model_config(cfg.model), learner.module, tok, cfg.seed), learner)
     data = RoundData(len(train_set), cfg.seed, d.shuffle)
@@ -166,7 +156,7 @@ def round_samples(cfg, policy: Policy, train_set, idx: list[int], r: int, run: R
         dist.print0(f"round {r} kept no samples: its steps do not learn (see round/* in metrics.jsonl)")
     if run.main:
         where.mkdir(parents=True, exist_ok=True)
-        write_kept(where / "kept.jsonl", kept, cfg.data)
+        write_jsonl_atomic(where / "kept.jsonl", kept)
         write_json_atomic(where / "round.json", m)  # last: marks the round's samples complete
     dist.barrier()
     return training_rows(kept, cfg, r), m
@@ -245,16 +235,6 @@ def round_metrics(cfg, sums: dict, prompts: int) -> dict:
     m |= {k: v / n for k, v in sums.items() if k.startswith("reward/")}
     m |= {k: v for k, v in sums.items() if k.startswith("verifier/")}
     return m | {k: v for k, v in sums.items() if k.startswith("perf/")}
-
-
-def write_kept(path, kept: list[dict], d) -> None:
-    """``kept.jsonl``, written then renamed: a stopped run leaves the whole file or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_kept(where, cfg, r: int) -> tuple[list, dict]:

@@ -159,16 +159,7 @@ def train(cfg) -> dict:
         critic_cfg = dataclasses.replace(cfg.model, path=g.critic.path or cfg.model.path, lora=LoraConfig())
         path = run.model_config(critic_cfg, "critic").path
         critic = Learner.for_stage(model_lib.load_scorer(path, cfg.model.dtype)[0], cfg.deepspeed, g.critic, g.steps)
-    train_set = data_lib.load_prompt_set(d.train, d.train_split, d, tok)
-    test_set = data_lib.load_prompt_set(d.test, d.test_split, d, tok, limit=cfg.eval.problems)
-    context = getattr(model.config, "max_position_embeddings", None)
-    data_lib.check_context(
-        train_set.prompts + test_set.prompts,
-        cfg.sampler.max_new_tokens,
-        context,
-        "sampler.max_new_tokens",
-        "lower it or data.max_prompt_tokens",
-    )
+    train_set, test_set = data_lib.load_train_test(cfg, tok, getattr(model.config, "max_position_embeddings", None))
     ptx = Ptx.load(cfg, tok) if g.ptx_coef else None
     env = episodes.from_config(cfg.env)  # None: single-turn completions
     learner = Learner.for_stage(model, cfg.deepspeed, g)
