@@ -94,6 +94,25 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def ours_overrides(w: dict, a) -> dict:
+    """Our config for the workload: its model and budget, the group and batch sizes, the trivial reward."""
+    return {
+        "model.path": w["model"],
+        "model.dtype": w["dtype"],
+        "sampler.max_new_tokens": w["max_new_tokens"],
+        "sampler.temperature": 1.0,
+        "rl.prompts_per_step": a.prompts,
+        "rl.samples_per_prompt": a.samples,
+        "rl.micro_batch_seqs": a.micro_batch_seqs,
+        "rl.lr": 1e-6,
+        "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]",
+        "sampler.compile": a.compile,
+        # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
+        # rows for the static one (it pads every chunk to batch_seqs rows).
+        "sampler.batch_seqs": min(256, a.prompts * a.samples),
+    }
+
+
 def run_ours(w: dict, a) -> dict:
     from rlvr import data as data_lib, model as model_lib
     from rlvr.config import load_config
@@ -101,25 +120,7 @@ def run_ours(w: dict, a) -> dict:
     from rlvr.rl import learn, sample_and_score
     from rlvr.sampler import make_sampler
 
-    cfg = load_config(
-        None,
-        {
-            "model.path": w["model"],
-            "model.dtype": w["dtype"],
-            "sampler.max_new_tokens": w["max_new_tokens"],
-            "sampler.temperature": 1.0,
-            "rl.prompts_per_step": a.prompts,
-            "rl.samples_per_prompt": a.samples,
-            "rl.micro_batch_seqs": a.micro_batch_seqs,
-            "rl.lr": 1e-6,
-            "rewards": f"[{{verifier: '{Path(__file__).resolve()}:length_reward'}}]",
-            "sampler.compile": a.compile,
-            # Chunks of this step's rows: for the dynamic path the same single chunk as 256 gives, and no padding
-            # rows for the static one (it pads every chunk to batch_seqs rows).
-            "sampler.batch_seqs": min(256, a.prompts * a.samples),
-            **dict(kv.split("=", 1) for kv in a.set),
-        },
-    )
+    cfg = load_config(None, {**ours_overrides(w, a), **dict(kv.split("=", 1) for kv in a.set)})
     model, tok = model_lib.load(cfg.model, a.device)
     problems = [data_lib.Problem(p, "0") for p in w["prompts"]]
     train_set = data_lib.PromptSet(problems, [tok(p)["input_ids"] for p in w["prompts"]], w["prompts"])
@@ -155,6 +156,56 @@ def run_ours(w: dict, a) -> dict:
             "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
         }
     return res
+
+
+def run_ours_async(w: dict, a) -> dict:
+    """Ours with ``async_rl``: the sampler in a process of its own, one step ahead (on a CPU with 2+ cores, on
+    the last core; on a GPU host, on the last GPU), a whole ``python -m rlvr.train``-style run. Its steps'
+    sampling, learning and step times come from the run's metrics; peak memory is the learner process's."""
+    from rlvr.config import load_config
+    from rlvr.rl import train
+
+    tmp = Path(tempfile.mkdtemp())
+    rows = "".join(json.dumps({"question": p, "answer": "0"}) + "\n" for p in w["prompts"])
+    (tmp / "prompts.jsonl").write_text(rows)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    cfg = load_config(
+        None,
+        {
+            **ours_overrides(w, a),
+            "data.train": str(tmp / "prompts.jsonl"),
+            "data.test": str(tmp / "prompts.jsonl"),
+            "data.template": "plain",  # the workload's prompts are rendered already
+            "eval.problems": 1,
+            "rl.steps": a.steps,
+            "output_dir": str(tmp / "run"),
+            "log.tensorboard": False,
+            "cpu_threads": a.threads,
+            "async_rl.enabled": True,
+            "async_rl.max_off_policy_steps": 1,
+            **({"async_rl.sampler_cores": f"[{max(cores)}]"} if a.device == "cpu" and len(cores) > 1 else {}),
+            **dict(kv.split("=", 1) for kv in a.set),
+        },
+    )
+    train(cfg)
+    steps = []
+    for r in (tmp / "run" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(r)
+        n = cfg.rl.prompts_per_step * cfg.rl.samples_per_prompt
+        completion = m["response/len"] * n
+        steps.append(
+            {
+                "gen_s": m["perf/sample_s"],
+                "step_s": m["perf/step_s"],
+                "learn_s": m["perf/learn_s"],
+                "completion_tokens": completion,
+                "total_tokens": m["perf/learn_tokens_per_s"] * m["perf/learn_s"],  # prompts + completions
+            }
+        )
+    from rlvr import model as model_lib
+
+    params = sum(p.numel() for p in model_lib.load(cfg.model, "cpu")[0].parameters())
+    return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": params}
 
 
 def run_trl(w: dict, a) -> dict:
@@ -235,6 +286,9 @@ def run_trl(w: dict, a) -> dict:
         for (t0, g0, t1, g1), ct in zip(marks, tokens)
     ]
     return {"steps": steps, "peak_gb": peak_memory_gb(a.device), "params": sum(p.numel() for p in model.parameters())}
+
+
+SIDES = ("ours", "async", "trl")
 
 
 def sync(device: str) -> None:
@@ -327,13 +381,15 @@ def main():
     )
     p.add_argument(
         "--sides",
-        default="ours,trl",
-        choices=["ours,trl", "ours", "trl"],
-        help="run one side only (no table), e.g. to try a change to ours without re-timing TRL",
+        default="ours,async,trl",
+        help="which of ours, async (ours with async_rl, the sampler one step ahead in its own process) and trl to "
+        "run, comma-separated; e.g. ours alone to try a change without re-timing TRL",
     )
-    p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--workload_json", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if not set(a.sides.split(",")) <= set(SIDES):
+        p.error(f"--sides takes some of {', '.join(SIDES)}, comma-separated; got {a.sides}")
     if any("=" not in kv for kv in a.set):
         p.error(f"--set takes KEY=VALUE, e.g. --set rl.share_prompt=false; got {a.set}")
     a.device = a.device or ("cuda" if a.workload == "qwen05b" else "cpu")
@@ -348,14 +404,14 @@ def main():
 
         torch.set_num_threads(a.threads)
         w = json.loads(Path(a.workload_json).read_text())
-        res = (run_ours if a.side == "ours" else run_trl)(w, a)
+        res = {"ours": run_ours, "async": run_ours_async, "trl": run_trl}[a.side](w, a)
         print("RESULT " + json.dumps(res))
         return
     with tempfile.TemporaryDirectory() as tmp:
         w = build_workload(a.workload, Path(tmp))
         wf = Path(tmp) / "workload.json"
         wf.write_text(json.dumps(w))
-        results = {}
+        results, floor = {}, None
         for side in a.sides.split(","):
             cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--workload_json", str(wf)]
             path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -371,30 +427,38 @@ def main():
                 + (f", compiled {raw['compiled']}" if "compiled" in raw else ""),
                 flush=True,
             )
-            if side == "ours":
+            if side in ("ours", "async") and floor is None:
                 floor = physical_floor(raw, w, a)
             print(side, json.dumps({k: round(v, 3) for k, v in results[side].items()}), flush=True)
-    if len(results) < 2:  # one side only (--sides): its line above is the result
+    if "trl" not in results or len(results) < 2:  # no comparison: the lines above are the result
         return 0
-    ours, trl = results["ours"], results["trl"]
+    trl, names = results["trl"], {"ours": "rlvr", "async": "rlvr async"}
+    mine = {names[k]: v for k, v in results.items() if k != "trl"}
     print(
         f"\nworkload {a.workload} on {a.device}: {a.prompts} prompts x {a.samples} samples, "
         f"max {w['max_new_tokens']} new tokens, {a.steps} steps (first not counted), {a.threads} CPU thread(s)"
         + (", rlvr with sampler.compile" if a.compile else "")
         + "".join(f", rlvr {kv}" for kv in a.set)
+        + (", rlvr async: one step off-policy, sampler in its own process" if "async" in results else "")
     )
-    print(f"| {'metric':<16} | {'rlvr':>10} | {'TRL':>10} | {'rlvr/TRL':>8} |")
-    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
-    for k in ours:
-        ratio = (trl[k] / ours[k]) if k in ("step s", "peak GB") else (ours[k] / trl[k] if trl[k] else float("nan"))
-        if k == "gen share":
-            ratio = float("nan")  # a share, not a speed
-        print(f"| {k:<16} | {ours[k]:>10.3f} | {trl[k]:>10.3f} | {ratio:>7.2f}x |")
+    head = [*mine, "TRL", *(f"{n}/TRL" for n in mine)]
+    print("| metric           | " + " | ".join(f"{h:>12}" for h in head) + " |")
+    print("|" + "-" * 18 + "|" + "|".join("-" * 14 for _ in head) + "|")
+    for k in trl:
+        cells = [v[k] for v in mine.values()] + [trl[k]]
+        for v in mine.values():  # > 1 favours rlvr
+            r = trl[k] / v[k] if k in ("step s", "peak GB") else (v[k] / trl[k] if trl[k] else float("nan"))
+            cells.append(float("nan") if k == "gen share" else r)  # a share, not a speed
+        fmt = [f"{c:>12.3f}" for c in cells[: len(mine) + 1]] + [f"{c:>11.2f}x" for c in cells[len(mine) + 1 :]]
+        print(f"| {k:<16} | " + " | ".join(fmt) + " |")
+    ours = results.get("ours", next(iter(results.values())))
     print(
         "(ratios > 1 favour rlvr: for step s and peak GB the ratio is TRL/rlvr; learner MFU counts 6 x params x\n"
         " every prompt and completion token, as the usual definition does, but rlvr runs a group's prompt once\n"
         " for its samples, so on prompt-heavy workloads its figure can pass 100%; TRL's GRPOConfig turns\n"
-        " gradient checkpointing on by default, rlvr's model.gradient_checkpointing is off: peak GB reflects that)"
+        " gradient checkpointing on by default, rlvr's model.gradient_checkpointing is off: peak GB reflects that;\n"
+        " rlvr async overlaps sampling with learning: its step s is the learner's, its peak GB the learner\n"
+        " process's, its sample tok/s the sampler's while the learner runs beside it)"
     )
     print(
         f"physical floor of this step: {floor:.3f} s ({a.peak_tbps:.3g} TB/s, {a.peak_tflops:.3g} TFLOP/s); "

@@ -10,7 +10,9 @@ Modules import only from their own layer or the ones below it, and no stage impo
    ``ai_feedback`` (RLAIF preference pairs from an LM judge), ``critique_revise`` (Constitutional AI's supervised
    phase)
 3. what the loops are made of: ``run`` (the lifecycle: resume, signals, checkpoints, logging), ``sampler`` and
-   ``vllm_sampler``, ``episodes`` (multi-turn rollouts with tools), ``learner``, ``rewards``, ``grading``
+   ``vllm_sampler``, ``sampling`` (sample -> verify -> rewards for a step, dynamic sampling, the weight-sync guard's
+   probe), ``async_sampler`` (the sampler in processes of its own, ahead of the learner: ``async_rl``),
+   ``episodes`` (multi-turn rollouts with tools), ``learner``, ``rewards``, ``grading``
    (generate and grade), ``plots``, ``packing``, ``supervised`` (the SFT loss step, held-out loss), ``judge``
    (an LM judge: scores from token probabilities), ``chunks`` (generated data in resumable chunk files)
 4. foundations: ``rollout`` (the sampler-learner boundary), ``model``, ``data``, ``checkpoint`` (the on-disk

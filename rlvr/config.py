@@ -179,7 +179,7 @@ class RLConfig:
     verifier_workers: int = 0  # 0: one per core
     # The weight-sync guard: after every sync the sampler and the learner score a fixed probe of held-out
     # tokens; a mean |log-prob gap| above this stops the run (logged as sync/probe_gap). None: the backend's
-    # and dtype's default from measured float noise (rlvr.rl.SYNC_MAX_GAP); 0: off
+    # and dtype's default from measured float noise (rlvr.sampling.SYNC_MAX_GAP); 0: off
     sync_max_gap: float | None = None
 
 
@@ -374,6 +374,26 @@ class DistillConfig:
 
 
 @dataclass
+class AsyncConfig:
+    """Asynchronous RL (rlvr.async_sampler): the sampler generates and verifies in process(es) of its own, ahead of
+    the learner, which pushes its weights after every step."""
+
+    enabled: bool = False
+    # A sample is at most this many policy versions (learner steps) older than the learner that trains on it;
+    # 0: on-policy, the synchronous run's exact metrics and weights (the sampler waits for every step's weights)
+    max_off_policy_steps: int = 1
+    # Under torchrun: the last N ranks sample, the others learn. 0 (a single process, no launcher): one sampler
+    # process is started on this host
+    sampler_ranks: int = 0
+    sampler_threads: int = 0  # torch CPU threads of each sampler process (0: cpu_threads)
+    # One host, CPU: the cores the sampler processes run on (the learners then run on the others); []: anywhere
+    sampler_cores: list[int] = field(default_factory=list)
+    # Where the sampler started on this host (sampler_ranks 0) generates: "" is the CPU, or with CUDA the last GPU
+    sampler_device: str = ""
+    timeout_s: float = 1800.0  # how long a weight push or a batch may take before the run stops with an error
+
+
+@dataclass
 class DeepSpeedConfig:
     """The distributed learner (rlvr.learner, rlvr.dist): launch with torchrun or deepspeed for N ranks."""
 
@@ -417,6 +437,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    async_rl: AsyncConfig = field(default_factory=AsyncConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -703,12 +724,12 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
             f"(or pip install wandb)"
         )
     g = cfg.rl
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun before the config loads
-    if cfg.stage in RL_LOOP_STAGES and g.prompts_per_step % world:
-        raise ConfigError(
-            f"{source}: rl.prompts_per_step={g.prompts_per_step} does not split over {world} "
-            f"processes; make it a multiple of the number of processes"
-        )
+    for world, what in _validate_async(cfg, source):
+        if cfg.stage in RL_LOOP_STAGES and g.prompts_per_step % world:
+            raise ConfigError(
+                f"{source}: rl.prompts_per_step={g.prompts_per_step} does not split over {world} "
+                f"{what}; make it a multiple of the number of processes"
+            )
     seqs = g.prompts_per_step * g.samples_per_prompt
     per_opt = seqs // max(g.optimizer_steps_per_pass, 1)
     for name, v in [
@@ -761,6 +782,41 @@ def validate(cfg: Config, source: str = "config", lines: dict[str, int] | None =
         raise ConfigError(
             f"{source}: env.max_turns must be >= 1, env.max_turn_tokens and env.workers >= 0 (0: their defaults)"
         )
+
+
+def _validate_async(cfg, source: str) -> list[tuple[int, str]]:
+    """async_rl against the launch (torchrun's WORLD_SIZE, set before the config loads) -> the process counts
+    that split rl.prompts_per_step: the learners', and the samplers'."""
+    a, world = cfg.async_rl, int(os.environ.get("WORLD_SIZE", "1"))
+    if not a.enabled:
+        if a.sampler_ranks:
+            raise ConfigError(f"{source}: async_rl.sampler_ranks is set but async_rl.enabled is false")
+        return [(world, "processes")]
+    if cfg.stage not in RL_LOOP_STAGES:
+        raise ConfigError(f"{source}: async_rl applies to stages rl and distill, not {cfg.stage!r}")
+    if a.max_off_policy_steps < 0 or a.sampler_ranks < 0 or a.sampler_threads < 0 or a.timeout_s <= 0:
+        raise ConfigError(
+            f"{source}: async_rl.max_off_policy_steps, sampler_ranks and sampler_threads must be >= 0 and "
+            f"async_rl.timeout_s > 0"
+        )
+    if a.sampler_ranks == 0 and world > 1:
+        raise ConfigError(
+            f"{source}: under torchrun ({world} processes) async_rl.sampler_ranks names how many of them sample "
+            f"(the last ones); e.g. --async_rl.sampler_ranks=1"
+        )
+    if a.sampler_ranks and a.sampler_ranks >= world:
+        raise ConfigError(
+            f"{source}: async_rl.sampler_ranks={a.sampler_ranks} leaves no learner among the {world} processes "
+            f"torchrun started; launch more (--nproc_per_node, --nnodes) or sample on fewer"
+        )
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()  # Linux only
+    if a.sampler_cores and (not set(a.sampler_cores) < cores):
+        raise ConfigError(
+            f"{source}: async_rl.sampler_cores={a.sampler_cores} must name some of this machine's cores "
+            f"{sorted(cores)} and leave at least one to the learner"
+        )
+    samplers = a.sampler_ranks or 1
+    return [(world - a.sampler_ranks, "learner processes"), (samplers, "sampler processes")]
 
 
 def _check_template(template: str, key: str, allowed: set[str], needed: set[str], source: str) -> None:

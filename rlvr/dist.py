@@ -23,7 +23,7 @@ ssh between nodes): ``deepspeed --hostfile hosts -m rlvr.train RECIPE``. What ch
 3 beyond), and nothing about batch sizes, which stay *global*: each rank takes
 ``rl.prompts_per_step / world_size`` prompts (``shard``), so keep ``prompts_per_step`` a multiple
 of the number of ranks; with dynamic sampling the groups each rank kept are dealt out again
-(``rl.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward``
+(``sampling.deal_groups``), so no rank is left without data. Every rank must call ``Learner.backward``
 the same number of times per step (ZeRO reduces inside backward): equalise micro-batch counts with
 ``global_max``.
 
@@ -35,6 +35,10 @@ a node, for a policy too large for one GPU's engine; as wired today each learner
 in-process engine (K=1) on its share of the prompts, colocated and asleep while the learner steps.
 Tested with 2 ranks on CPU (tests/test_vllm_sampler.py, -m slow); not yet on several GPUs, where each
 rank's engine must land on its own GPU (vLLM's ``external_launcher`` executor exists for this).
+
+Asynchronous RL (``async_rl``, ``rlvr.async_sampler``) splits the ranks by role: the last
+``async_rl.sampler_ranks`` sample and the others learn, each role in its own process group, so everything here
+sees only this process's role (two hosts, samplers on the second: ``torchrun --nnodes 2 ... --node_rank N``).
 
 Checkpoints are collective: every rank calls ``rlvr.checkpoint.save``, each ZeRO rank writes its own
 optimizer shard into the checkpoint (so the output dir must be on storage every rank sees), and a
@@ -57,13 +61,23 @@ import torch.distributed as tdist
 T = TypeVar("T")
 
 
+# Asynchronous RL (rlvr.async_sampler) splits torchrun's processes into learners and samplers: each role's process
+# group meets in a store of its own, and RANK and WORLD_SIZE are rewritten to the role's.
+_ROLE_STORE = None
+
+
 def init() -> None:
-    """Join the process group the launcher describes; nothing at world size 1. Idempotent."""
+    """Join the process group the launcher describes (of this process's role: learners or samplers); nothing at
+    world size 1. Idempotent."""
     if world_size() == 1 or tdist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if _ROLE_STORE is None:
+        tdist.init_process_group(backend)
+    else:
+        tdist.init_process_group(backend, store=_ROLE_STORE, rank=rank(), world_size=world_size())
 
 
 def world_size() -> int:

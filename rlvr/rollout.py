@@ -27,6 +27,9 @@ class Rollout:
     # (B,) per completion token: 1 where the loss counts, 0 where it does not (e.g. a tool's output
     # inside a multi-turn completion). Empty: every completion token counts.
     loss_mask: list[list[float]] = field(default_factory=list)
+    # (B,) the policy version (learner steps taken) of the weights that sampled each completion; empty: the
+    # learner's current one (the colocated loop). Set by the asynchronous sampler (rlvr.async_sampler).
+    versions: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -129,6 +129,7 @@ class Run:
                 lrn.scheduler.step()
                 metrics[f"{name}/lr".lstrip("/")] = lrn.scheduler.get_last_lr()[0]
         metrics.setdefault("perf/step_s", time.time() - self.t_step)
+        metrics["perf/elapsed_s"] = time.time() - self.t_start  # since this process began the run
         ckpt.crash_point(f"step{step}")
         self.logger.log(step, metrics)
         self.bar.set_postfix({label: f"{metrics.get(key, float('nan')):.3f}" for label, key in self.show.items()})

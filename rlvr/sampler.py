@@ -61,7 +61,7 @@ class HFSampler:
     @torch.no_grad()
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
         """The log-probability (T=1) of each completion token after its prompt, as this sampler's weights
-        give it (the weight-sync guard's probe, ``rlvr.rl.SyncProbe``): the learner's own computation on
+        give it (the weight-sync guard's probe, ``rlvr.sampling.SyncProbe``): the learner's own computation on
         the module the sampler holds, in eval mode, so it is bit-identical to the learner's when the module
         is the learner's."""
         was_training = self.model.training

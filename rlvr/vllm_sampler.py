@@ -189,7 +189,7 @@ class VLLMSampler:
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
         """The engine's log-probability (T=1) of each completion token after its prompt: prompt log-probs of
-        the whole sequence (the weight-sync guard's probe, ``rlvr.rl.SyncProbe``). Greedy, one token: no
+        the whole sequence (the weight-sync guard's probe, ``rlvr.sampling.SyncProbe``). Greedy, one token: no
         request draws from any generator."""
         from vllm import SamplingParams
 

@@ -157,8 +157,8 @@ def test_shard_is_rank_strided(monkeypatch):
 def test_dynamic_sampling_deals_kept_groups_out_evenly(monkeypatch):
     """Rank 0 kept 3 groups of 2, rank 1 none (all its groups had equal rewards): after the deal rank 0
     learns groups 0 and 2, rank 1 group 1, each row still with its own prompt, tokens and reward."""
-    from rlvr.rl import deal_groups
     from rlvr.rollout import Rollout
+    from rlvr.sampling import deal_groups
 
     def groups(ids):  # a rollout of groups of 2 whose every field names its group and sample
         rows = [(g, j) for g in ids for j in range(2)]

@@ -24,6 +24,8 @@ LAYERS = [
         "supervised",
         "judge",
         "chunks",
+        "sampling",
+        "async_sampler",
     },
     {"rollout", "model", "data", "checkpoint", "log"},
     {"algos", "dist", "config", "templates"},
