@@ -20,6 +20,12 @@ The KL to the reference goes in the loss, or (``rl.kl_penalty: reward``) into ev
 algorithm math lives in ``rlvr.algos``; the run's lifecycle (resume, signals, checkpoints, logging) in
 ``rlvr.run``.
 
+With ``async_rl`` the samplers run in processes of their own, up to ``async_rl.max_off_policy_steps`` steps ahead
+(``rlvr.async_sampler``): this loop then takes each step's batch from them and pushes the weights after the step,
+and a stale sample's loss is decoupled PPO's (``targets``).
+
+    python -m rlvr.train recipes/tiny_zero_async.yaml                    # the CPU demo, sampler one step ahead
+
 ``stage: distill`` (on-policy distillation) is this loop with a teacher: a frozen causal LM with the student's
 tokenizer (``distill.teacher``) scores, in the learner's micro-batches, the very token ids the student sampled, and
 each token's advantage is -``distill.kl_coef`` x (student - teacher log-prob), the reverse KL's one-sample estimate,
@@ -126,13 +132,7 @@ def train_learner(cfg, place: async_sampler.Placement | None = None) -> dict:
         for step in run.steps():
             at_start = {"data": stream.state(), "rng": ckpt.rng_state()}  # + untouched weights: step - 1's state
             try:
-                if remote is None:  # the guard checks the last sync before it is used
-                    sync = check_sync(probe, probe and probe.gap(learner, sampler), step, cfg)
-                    batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
-                    metrics = rank_means(metrics) | sync
-                else:
-                    batch, metrics = remote.next(step)
-                    metrics |= check_sync(probe, metrics.get("sync/probe_gap"), step, cfg)
+                batch, metrics = next_batch(cfg, remote, sampler, stream, train_set, step, env, probe, learner)
             except (SamplerCrash, SyncDrift, async_sampler.SamplerFailed) as e:
                 raise stopped_by(e, run, step, at_start) from e
             if not dist.global_max(batch is None):  # all ranks learn, or none: the learner's calls are collective
@@ -160,6 +160,17 @@ def train_learner(cfg, place: async_sampler.Placement | None = None) -> dict:
         plot_run(str(run.out))
     dist.print0(f"({summary['wall_s']} s; outputs in {run.out}, curves in {run.out / 'curves.png'})")
     return summary
+
+
+def next_batch(cfg, remote, sampler, stream, train_set, step: int, env, probe, learner) -> tuple[Batch | None, dict]:
+    """The batch ``step`` trains on and its metrics: sampled here, the guard first checking the last sync, or
+    (``remote``) taken from the samplers, which measured the guard's gap after loading the weights they used."""
+    if remote is None:
+        sync = check_sync(probe, probe and probe.gap(learner, sampler), step, cfg)
+        batch, metrics = sample_and_score(cfg, sampler, stream, train_set, step, env)
+        return batch, rank_means(metrics) | sync
+    batch, metrics = remote.next(step)
+    return batch, metrics | check_sync(probe, metrics.get("sync/probe_gap"), step, cfg)
 
 
 def load_teacher(cfg, student_tok):
