@@ -115,7 +115,7 @@ def plot(results: dict, path: Path, k: int) -> None:
             label = "synchronous" if name == "sync" else f"asynchronous, {k} step off-policy"
             x, y = [0.0] + [p["time_s"] for p in pts], [r["initial"]] + [p["accuracy"] for p in pts]
             ax.plot(x, y, style, label=f"{label} (seed {seed})", ms=3)
-    ax.set_xlabel("training wall time (s), 2 CPU cores")
+    ax.set_xlabel("wall time since the run began (s), 2 CPU cores")
     ax.set_ylabel("held-out greedy accuracy")
     ax.set_title("tiny_zero: GRPO, sample then learn vs sampler ahead")
     ax.grid(alpha=0.3)
