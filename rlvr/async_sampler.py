@@ -4,21 +4,23 @@ on what they produce and pushes its weights after every step. Batch s is what th
 s - 1 - k, so the sampler runs up to k batches ahead. k = 0 is the synchronous run, exactly (tests/test_async.py).
 
     python -m rlvr.train recipes/tiny_zero_async.yaml          # this process learns, one it starts samples
-    torchrun --nproc_per_node 3 -m rlvr.train recipes/tiny_zero_async.yaml --async_rl.sampler_ranks=1
+    torchrun --nproc_per_node 3 -m rlvr.train recipes/tiny_zero.yaml --async_rl.enabled=true --async_rl.sampler_ranks=1
     # two hosts, the learner on node 0 and the sampler on node 1 (the last sampler_ranks ranks sample):
     torchrun --nnodes 2 --nproc_per_node 1 --node_rank N --rdzv_backend c10d --rdzv_endpoint HOST0:29500 \\
-        -m rlvr.train recipes/tiny_zero_async.yaml --async_rl.sampler_ranks=1
+        -m rlvr.train recipes/tiny_zero.yaml --async_rl.enabled=true --async_rl.sampler_ranks=1
 
-Processes. torchrun's ranks (or, with no launcher, this process and the one it starts, which runs the same entry
-point as torchrun's rank 1 would) meet in one store. The learners form one process group and the samplers another:
-``rlvr.dist`` in each process sees only its role's (RANK and WORLD_SIZE are rewritten), so the learners' ZeRO and
-the samplers' dynamic sampling (``rlvr.sampling``) run as in the colocated loop. Between the roles:
+Processes. torchrun's ranks (or, with no launcher, this process and the sampler it starts: forked on a Linux
+machine without GPUs, else ``python -m rlvr.train`` as torchrun's rank 1) meet in one store. The learners form one
+process group and the samplers another: ``rlvr.dist`` in each process sees only its role's (RANK and WORLD_SIZE are
+rewritten), so the learners' ZeRO and the samplers' dynamic sampling (``rlvr.sampling``) run as in the colocated
+loop. Between the roles:
 
-* weights: after every step learner rank 0 broadcasts ``Learner.named_parameters_for_sync`` (every learner rank
-  iterates it: ZeRO-3 gathers) over a gloo group of itself and the samplers, behind a header with the version, the
-  learner's log-probs of the weight-sync guard's probe, and, the first time, the data position. A thread in each
-  sampler receives into a staging copy, so a push never waits for generation; the sampler loads the newest copy
-  between batches, once it is recent enough for the next batch.
+* weights: after every step learner rank 0 puts a header in the store (the version, the learner's log-probs of the
+  weight-sync guard's probe, and, the first time, the data position and the tensors' names), then broadcasts
+  ``Learner.named_parameters_for_sync`` (every learner rank iterates it: ZeRO-3 gathers) over a gloo group of
+  itself and the samplers. A sampler takes every announced push between batches, one tensor at a time, so the
+  learner's broadcast waits at most for the rest of a batch; it waits for a push only when its weights are too old
+  for the next batch.
 * batches: sampler rank 0 puts each step's batch (every sampler's groups) into the store under its step; every
   learner rank reads it and trains on its share of the groups.
 
